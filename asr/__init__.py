@@ -1,0 +1,1 @@
+"""voxline asr package."""

@@ -1,0 +1,153 @@
+"""Whisper ASR on CTranslate2 (faster-whisper), loaded once and shared by every session.
+
+Two decode paths:
+- `transcribe()`: faster-whisper's full pipeline (30 s windows, timestamps, long-form). Used for files and
+  for each streaming segment's `final`.
+- `transcribe_partial()`: a cheap provisional decode of a growing segment. CTranslate2's encoder accepts
+  fewer than 3000 mel frames, so we encode only the audio we have (plus a little padding) — about 6× less
+  encoder work for a 3 s segment. Whisper was trained on padded 30 s windows and can loop on short
+  context, so the output length is capped and repeated n-grams are blocked; partials are provisional and
+  every segment's text is settled by a full-context `final`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asr.embedded import EMBEDDED_WHISPER, whisper_model_dir
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    duration: float
+    segments: tuple[Segment, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-request decoding options (validated, immutable)."""
+
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    word_timestamps: bool = False
+    beam_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 1.0:
+            raise ValueError("temperature must be between 0 and 1")
+        if not 1 <= self.beam_size <= 10:
+            raise ValueError("beam_size must be between 1 and 10")
+
+
+class WhisperASR:
+    """One Whisper model; `transcribe*` are thread-safe and may run concurrently from a thread pool."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, name: str = "whisper-base", *, compute_type: str = "int8", cpu_threads: int = 2,
+                 model_dir: Path | None = None):
+        from faster_whisper import WhisperModel
+
+        self.name = name
+        self.info = EMBEDDED_WHISPER.get(name)
+        directory = model_dir or whisper_model_dir(name)
+        self.model = WhisperModel(str(directory), device="cpu", compute_type=compute_type,
+                                  cpu_threads=cpu_threads, num_workers=1)
+        self.english_only = not self.model.model.is_multilingual
+        self._tok_lock = threading.Lock()
+        self._tokenizers: dict[str, object] = {}
+
+    # ---- full decode -------------------------------------------------------------------------------
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> Transcript:
+        """audio: float32 mono at 16 kHz. Long audio is handled in 30 s windows."""
+        audio = np.asarray(audio, np.float32)
+        duration = len(audio) / SAMPLE_RATE
+        if duration < 0.1:
+            return Transcript("", options.language or "en", duration)
+        language = options.language if not self.english_only else "en"
+        segments_iter, info = self.model.transcribe(
+            audio,
+            language=language,
+            beam_size=options.beam_size,
+            temperature=options.temperature,
+            initial_prompt=options.prompt or None,
+            condition_on_previous_text=False,
+            word_timestamps=options.word_timestamps,
+            vad_filter=False,
+        )
+        segments = []
+        for seg in segments_iter:
+            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in (seg.words or ()))
+            segments.append(Segment(len(segments), seg.start, seg.end, seg.text.strip(), words,
+                                    seg.avg_logprob, seg.no_speech_prob))
+        text = " ".join(s.text for s in segments if s.text).strip()
+        return Transcript(text, info.language, duration, tuple(segments))
+
+    # ---- cheap provisional decode -----------------------------------------------------------------
+    def _tokenizer(self, language: str):
+        from faster_whisper.tokenizer import Tokenizer
+
+        with self._tok_lock:
+            tok = self._tokenizers.get(language)
+            if tok is None:
+                tok = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
+                                task="transcribe", language=language if self.model.model.is_multilingual else None)
+                self._tokenizers[language] = tok
+            return tok
+
+    def transcribe_partial(self, audio: np.ndarray, language: str | None = None) -> str:
+        """Provisional text for a growing segment (see module docstring)."""
+        import ctranslate2
+
+        audio = np.asarray(audio, np.float32)
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds < 0.2:
+            return ""
+        audio = audio[-30 * SAMPLE_RATE :]
+        feats = self.model.feature_extractor(audio, padding=0)  # [80, T] at 100 frames/s
+        # Pad with 1 s of silence, rounded to 1 s: less padding makes Whisper cut the last word.
+        frames = min(3000, int(np.ceil((feats.shape[1] + 100) / 100) * 100))
+        feats = np.pad(feats, ((0, 0), (0, max(0, frames - feats.shape[1]))))[:, :frames]
+        tok = self._tokenizer(language or "en")
+        prompt = [*tok.sot_sequence, tok.no_timestamps]
+        result = self.model.model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32)),
+            [prompt],
+            beam_size=1,
+            max_length=len(prompt) + int(6 * seconds) + 8,  # ~3 words/s of speech is fast talking
+            no_repeat_ngram_size=3,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+        ids = [t for t in result[0].sequences_ids[0] if t < tok.eot]
+        return tok.decode(ids).strip()

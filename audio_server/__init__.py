@@ -1,0 +1,1 @@
+"""voxline audio_server package."""

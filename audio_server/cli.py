@@ -1,0 +1,125 @@
+"""`voxline` command line: serve, transcribe, speak (and the training commands of the model packages)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from audio_server.app import create_app
+    from audio_server.settings import Settings
+
+    settings = Settings.from_env(host=args.host, port=args.port, preset=args.preset, asr_model=args.asr_model)
+    if settings.preset != "embedded":
+        print(f"preset {settings.preset!r} is not served yet; use --preset embedded", file=sys.stderr)
+        return 2
+    if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"refusing to listen on {settings.host} without API keys: set VOXLINE_API_KEYS or use 127.0.0.1",
+              file=sys.stderr)
+        return 2
+    print(f"voxline: loading the {settings.preset} models (ASR {settings.asr_model}, TTS piper-joe, Silero VAD)...",
+          flush=True)
+    t0 = time.perf_counter()
+    app = create_app(settings, preload=False)
+    app.state.hub.load_all()
+    base = f"http://{settings.host}:{settings.port}"
+    ws = f"ws://{settings.host}:{settings.port}"
+    print(f"voxline: models loaded in {time.perf_counter() - t0:.1f}s. Serving on {base}\n"
+          f"  health          {base}/healthz\n"
+          f"  models          {base}/v1/models\n"
+          f"  transcriptions  POST {base}/v1/audio/transcriptions\n"
+          f"  speech          POST {base}/v1/audio/speech\n"
+          f"  streaming ASR   {ws}/v1/asr/stream?sample_rate=16000\n"
+          f"  streaming TTS   {ws}/v1/tts/stream\n"
+          f"  metrics         {base}/metrics", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                ws_max_size=settings.max_ws_message_bytes + 1024)
+    return 0
+
+
+def _transcribe(args) -> int:
+    from asr.whisper_asr import DecodeOptions, WhisperASR
+    from audio_server.audio_io import decode_audio
+
+    audio = decode_audio(Path(args.file).read_bytes(), 16000)
+    asr = WhisperASR(args.model)
+    t0 = time.perf_counter()
+    result = asr.transcribe(audio, DecodeOptions(language=args.language))
+    elapsed = time.perf_counter() - t0
+    print(result.text)
+    print(f"[{args.model}: {result.duration:.1f}s of audio in {elapsed:.2f}s, RTF {elapsed / max(result.duration, 1e-3):.3f}]",
+          file=sys.stderr)
+    return 0
+
+
+def _speak(args) -> int:
+    import soundfile
+
+    from tts.piper_tts import PiperTTS, SpeechOptions
+
+    tts = PiperTTS()
+    t0 = time.perf_counter()
+    pcm = tts.synthesize_all(args.text, SpeechOptions(speed=args.speed))
+    elapsed = time.perf_counter() - t0
+    soundfile.write(args.output, pcm, tts.sample_rate, subtype="PCM_16")
+    seconds = len(pcm) / tts.sample_rate
+    print(f"wrote {args.output}: {seconds:.2f}s at {tts.sample_rate} Hz in {elapsed:.2f}s (RTF {elapsed / max(seconds, 1e-3):.3f})",
+          file=sys.stderr)
+    return 0
+
+
+def _delegate(module: str):
+    def run(args) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.rest) or 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxline", description="Streaming speech interaction service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the HTTP/WebSocket service")
+    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--preset", default=None, help="embedded (default), tiny, step-audio")
+    serve.add_argument("--asr-model", default=None, help="whisper-base (default) or whisper-tiny.en")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
+
+    tr = sub.add_parser("transcribe", help="transcribe an audio file with the embedded ASR")
+    tr.add_argument("file")
+    tr.add_argument("--model", default="whisper-base")
+    tr.add_argument("--language", default=None)
+    tr.set_defaults(run=_transcribe)
+
+    sp = sub.add_parser("speak", help="synthesise text to a WAV file with the embedded TTS")
+    sp.add_argument("text")
+    sp.add_argument("-o", "--output", default="out.wav")
+    sp.add_argument("--speed", type=float, default=1.0)
+    sp.set_defaults(run=_speak)
+
+    for name, module, text in (("train-codebook", "tokenizer.train_codebook", "train the linguistic k-means codebook"),
+                               ("train-mtp", "runtime.train_mtp", "train MTP heads by self-distillation")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(run=_delegate(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""OpenAI-compatible audio endpoints: `/v1/audio/transcriptions` and `/v1/audio/speech`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from asr.whisper_asr import DecodeOptions
+from audio_server.audio_io import SPEECH_FORMATS, AudioDecodeError, SpeechEncoder, decode_audio
+from audio_server.errors import APIError
+from audio_server.subtitles import to_srt, to_verbose_json, to_vtt
+from audio_server.threads import iterate_in_thread
+from tts.piper_tts import SpeechOptions, UnknownVoice
+
+router = APIRouter()
+_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+
+
+def _form_value(form, name: str, default=None):
+    value = form.get(name, default)
+    if isinstance(value, UploadFile):
+        raise APIError(400, f"'{name}' must be a form field, not a file", param=name)
+    return value
+
+
+@router.post("/v1/audio/transcriptions")
+async def transcriptions(request: Request):
+    state = request.app.state
+    settings, hub, metrics = state.settings, state.hub, state.metrics
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise APIError(415, "send the audio as multipart/form-data with a 'file' field", code="unsupported_media_type")
+    length = int(request.headers.get("content-length") or 0)
+    if length > settings.max_upload_bytes + 64 * 1024:
+        raise APIError(413, f"upload too large: limit is {settings.max_upload_bytes} bytes", code="file_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=32)
+    except Exception as exc:  # malformed multipart body
+        raise APIError(400, f"malformed multipart body: {exc}", code="invalid_multipart") from exc
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise APIError(400, "missing 'file' (the audio file to transcribe)", param="file")
+    data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise APIError(413, f"upload too large: limit is {settings.max_upload_bytes} bytes", code="file_too_large")
+    fmt = _form_value(form, "response_format", "json")
+    if fmt not in _FORMATS:
+        raise APIError(400, f"response_format must be one of {', '.join(_FORMATS)}", param="response_format")
+    try:
+        model_name = hub.resolve_asr_name(_form_value(form, "model"))
+        options = DecodeOptions(
+            language=_form_value(form, "language") or None,
+            prompt=_form_value(form, "prompt") or None,
+            temperature=float(_form_value(form, "temperature", 0) or 0),
+            word_timestamps="word" in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"),
+        )
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from exc
+    stream = str(_form_value(form, "stream", "false")).lower() == "true"
+    try:
+        audio = await asyncio.get_running_loop().run_in_executor(hub.executor, decode_audio, data, 16000)
+    except AudioDecodeError as exc:
+        raise APIError(400, f"{exc} (supported: wav, flac, ogg, opus, mp3, m4a, webm)", param="file",
+                       code="invalid_audio") from exc
+    if len(audio) < 1600:
+        raise APIError(400, "the audio is shorter than 0.1 s", param="file", code="audio_too_short")
+    asr = await asyncio.get_running_loop().run_in_executor(hub.executor, hub.asr, model_name)
+    if stream:
+        return StreamingResponse(_transcribe_sse(hub, asr, audio, options), media_type="text/event-stream")
+    t0 = time.perf_counter()
+    transcript = await asyncio.get_running_loop().run_in_executor(hub.executor, asr.transcribe, audio, options)
+    metrics.asr_rtf.labels(model_name).observe((time.perf_counter() - t0) / max(transcript.duration, 1e-3))
+    if fmt == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if fmt == "srt":
+        return PlainTextResponse(to_srt(transcript), media_type="application/x-subrip")
+    if fmt == "vtt":
+        return PlainTextResponse(to_vtt(transcript), media_type="text/vtt")
+    if fmt == "verbose_json":
+        return JSONResponse(to_verbose_json(transcript, words=options.word_timestamps))
+    return JSONResponse({"text": transcript.text})
+
+
+async def _transcribe_sse(hub, asr, audio: np.ndarray, options: DecodeOptions):
+    """OpenAI's streaming transcription events: `transcript.text.delta`* then `transcript.text.done`."""
+    texts: list[str] = []
+
+    def segments():
+        yield from asr.transcribe(audio, options).segments
+
+    try:
+        async for seg in iterate_in_thread(hub.executor, segments):
+            delta = (" " if texts else "") + seg.text
+            texts.append(seg.text)
+            yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': delta})}\n\n"
+        yield f"data: {json.dumps({'type': 'transcript.text.done', 'text': ' '.join(texts)})}\n\n"
+    except Exception as exc:
+        yield f"data: {json.dumps({'type': 'error', 'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+
+
+class SpeechRequest(BaseModel):
+    model: str = "piper-joe"
+    input: str = Field(min_length=1)
+    voice: str | dict = "joe"
+    instructions: str | None = None
+    response_format: Literal["wav", "pcm", "flac", "mp3", "opus", "aac"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+
+
+_TTS_MODELS = ("piper-joe", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+
+@router.post("/v1/audio/speech")
+async def speech(request: Request):
+    state = request.app.state
+    settings, hub, metrics = state.settings, state.hub, state.metrics
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise APIError(415, "send a JSON body (Content-Type: application/json)", code="unsupported_media_type")
+    raw = await request.body()
+    try:
+        body = SpeechRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param or None) from exc
+    if body.model not in _TTS_MODELS:
+        raise APIError(400, f"unknown speech model {body.model!r}; available: {', '.join(_TTS_MODELS)}", param="model")
+    if len(body.input) > settings.max_speech_chars:
+        raise APIError(400, f"input is longer than {settings.max_speech_chars} characters", param="input")
+    if body.stream_format == "sse":
+        raise APIError(400, "stream_format 'sse' is not supported; use 'audio' (the body is streamed)",
+                       param="stream_format")
+    tts = await asyncio.get_running_loop().run_in_executor(hub.executor, hub.tts)
+    try:
+        options = SpeechOptions(voice=tts.resolve_voice(body.voice), speed=body.speed)
+    except UnknownVoice as exc:
+        raise APIError(400, str(exc), param="voice") from exc
+    encoder = SpeechEncoder(body.response_format, tts.sample_rate)
+
+    async def audio_chunks():
+        t0 = time.perf_counter()
+        samples = 0
+        async for sentence in iterate_in_thread(hub.executor, lambda: tts.synthesize(body.input, options)):
+            if samples == 0:
+                metrics.tts_first_chunk.observe(time.perf_counter() - t0)
+            samples += len(sentence.pcm)
+            chunk = encoder.encode(sentence.pcm)
+            if chunk:
+                yield chunk
+        tail = encoder.finish()
+        if tail:
+            yield tail
+        if samples:
+            metrics.tts_rtf.observe((time.perf_counter() - t0) / (samples / tts.sample_rate))
+
+    headers = {"X-Sample-Rate": str(encoder.out_rate)}
+    return StreamingResponse(audio_chunks(), media_type=SPEECH_FORMATS[body.response_format][0], headers=headers)

@@ -1,0 +1,25 @@
+"""Health, model list and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz(request: Request):
+    state = request.app.state
+    return JSONResponse({"status": "ok", "preset": state.settings.preset, "version": state.version})
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    return JSONResponse({"object": "list", "data": request.app.state.hub.model_cards()})
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,115 @@
+"""Streaming ASR over WebSocket: `/v1/asr/stream`.
+
+Client → server: binary frames of PCM16 little-endian mono at the declared `sample_rate` (query parameter,
+default 16000; any rate 8000–48000 is resampled with soxr), and JSON control messages:
+`{"type":"flush"}` (end the current utterance now), `{"type":"end"}` (flush, send `done`, close).
+Server → client: `ready`, `speech_started`, `partial`, `speech_stopped`, `final`, `done`, `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket
+
+from asr.streaming import StreamingConfig, StreamingTranscriber
+from asr.vad import VADConfig
+from audio_server.audio_io import StreamResampler, pcm16_to_float
+from audio_server.ws_common import SocketSession, parse_control
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _config_from_query(q) -> tuple[int, str, StreamingConfig]:
+    rate = int(q.get("sample_rate", 16000))
+    if not 8000 <= rate <= 48000:
+        raise ValueError("sample_rate must be between 8000 and 48000")
+    vad = VADConfig(threshold=float(q.get("threshold", 0.5)),
+                    silence_duration_ms=int(q.get("silence_ms", 400)),
+                    prefix_padding_ms=int(q.get("prefix_padding_ms", 300)))
+    config = StreamingConfig(vad=vad, language=q.get("language") or "en",
+                             partials=q.get("partials", "true").lower() != "false",
+                             partial_interval_s=float(q.get("partial_interval", 0.5)))
+    return rate, q.get("model") or "", config
+
+
+@router.websocket("/v1/asr/stream")
+async def asr_stream(ws: WebSocket) -> None:
+    app = ws.app
+    settings, hub, metrics = app.state.settings, app.state.hub, app.state.metrics
+    session = SocketSession(ws, "asr", metrics)
+    await ws.accept()
+    try:
+        rate, model, config = _config_from_query(ws.query_params)
+        model_name = hub.resolve_asr_name(model)
+    except ValueError as exc:
+        await session.error("invalid_parameters", str(exc))
+        await ws.close(code=1008)
+        return
+    loop = asyncio.get_running_loop()
+    asr = await loop.run_in_executor(hub.executor, hub.asr, model_name)
+    vad = await loop.run_in_executor(hub.executor, hub.vad)
+    ended_at: dict[int, float] = {}
+
+    async def emit(event: dict) -> None:
+        if event["type"] == "speech_stopped":
+            ended_at[event["segment_id"]] = time.perf_counter()
+        elif event["type"] == "final" and event["segment_id"] in ended_at:
+            metrics.asr_final_latency.observe(time.perf_counter() - ended_at.pop(event["segment_id"]))
+        await session.send_json(event)
+
+    transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
+    resampler = StreamResampler(rate, 16000)
+    received_s = 0.0
+    metrics.sessions.labels("asr").inc()
+    metrics.sessions_total.labels("asr").inc()
+    log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
+    await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": rate, "model": model_name})
+    try:
+        while True:
+            kind, payload = await session.receive()
+            if kind == "close":
+                break
+            if kind == "bytes":
+                if len(payload) > settings.max_ws_message_bytes:
+                    await session.error("frame_too_large", f"audio frame of {len(payload)} bytes exceeds "
+                                        f"{settings.max_ws_message_bytes}; send 20–100 ms frames")
+                    continue
+                if len(payload) % 2:
+                    await session.error("invalid_audio", "PCM16 frames must have an even number of bytes")
+                    continue
+                received_s += len(payload) / 2 / rate
+                if received_s > settings.max_stream_seconds:
+                    await session.error("stream_too_long", f"streams are limited to {settings.max_stream_seconds:.0f} s")
+                    break
+                await transcriber.feed(resampler(pcm16_to_float(payload)))
+                continue
+            msg, problem = parse_control(payload)
+            if problem:
+                await session.error("invalid_json", problem)
+                continue
+            if msg["type"] == "flush":
+                await transcriber.flush()
+            elif msg["type"] == "end":
+                await transcriber.flush()
+                await session.send_json({"type": "done", "segments": transcriber.finals_emitted,
+                                         "audio_seconds": round(received_s, 3)})
+                break
+            else:
+                await session.error("unknown_message", f"unknown message type {msg['type']!r}; "
+                                    "expected binary PCM16 audio, 'flush' or 'end'")
+    except Exception:
+        log.exception("[%s] session failed", session.id)
+        await session.error("internal_error", "the session failed; see server logs")
+    finally:
+        await transcriber.close()
+        metrics.sessions.labels("asr").dec()
+        log.info("[%s] closed after %.1f s of audio", session.id, received_s)
+        if not session.closed:
+            try:
+                await ws.close()
+            except Exception:
+                pass

@@ -1,0 +1,1 @@
+"""voxline kernels package."""

@@ -1,0 +1,1 @@
+"""voxline tokenizer package."""

@@ -1,0 +1,1 @@
+"""voxline tts package."""

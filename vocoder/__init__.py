@@ -1,0 +1,1 @@
+"""voxline vocoder package."""
