@@ -135,7 +135,8 @@ class StreamingTranscriber:
             self._speculative = (end, self._run(self._decode_final, audio))
 
     def _maybe_partial(self) -> None:
-        if not self.config.partials or self._busy:
+        # A partial never delays a final: none starts once the speaker has gone quiet.
+        if not self.config.partials or self._busy or self.segmenter.silence_frames > 0:
             return
         now = time.monotonic()
         if now - self._last_partial_at < self.config.partial_interval_s:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,50 +37,15 @@ def hub():
     hub.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, app, port: int):
-        import uvicorn
-
-        self.app = app
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                ws_max_size=app.state.settings.max_ws_message_bytes * 4)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    def gauge(self, name: str, **labels) -> float:
-        value = self.app.state.metrics.registry.get_sample_value(name, labels)
-        return value or 0.0
-
-
 @pytest.fixture(scope="session")
 def server(hub):
     from audio_server.app import create_app
 
+    from audio_server.live import LiveServer
+
     app = create_app(hub.settings, hub)
     hub.load_all()
-    live = LiveServer(app, _free_port())
-    live.start()
+    live = LiveServer(app).start()
     yield live
     live.stop()
 
