@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from audio_server import routes_audio, routes_misc, routes_ws_asr, routes_ws_tts
-from audio_server.errors import install_error_handlers
+from audio_server.auth import OPEN_PATHS, key_ok, presented_key
+from audio_server.errors import error_response, install_error_handlers
 from audio_server.metrics import Metrics
 from audio_server.models import ModelHub
 from audio_server.settings import Settings
@@ -30,6 +31,7 @@ def _version() -> str:
 def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *, preload: bool = False) -> FastAPI:
     """Build the app. `preload=True` loads every model before the first request (what `serve` does)."""
     settings = settings or Settings()
+    owns_hub = hub is None  # a hub passed in is shared with other apps (tests): its owner closes it
     hub = hub or ModelHub(settings)
 
     @asynccontextmanager
@@ -37,14 +39,24 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
         if preload:
             hub.load_all()
         yield
-        hub.close()
+        if owns_hub:
+            hub.close()
 
     app = FastAPI(title="voxline", version=_version(), lifespan=lifespan)
     app.state.settings = settings
     app.state.hub = hub
     app.state.metrics = Metrics()
     app.state.version = _version()
+    app.state.open_sessions = 0
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next):
+        if settings.api_keys and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/web/"):
+            if not key_ok(settings.api_keys, presented_key(request.headers, request.query_params)):
+                return error_response(401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
+                                      code="invalid_api_key", type="authentication_error")
+        return await call_next(request)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

@@ -17,7 +17,7 @@ from fastapi import APIRouter, WebSocket
 from asr.streaming import StreamingConfig, StreamingTranscriber
 from asr.vad import VADConfig
 from audio_server.audio_io import StreamResampler, pcm16_to_float
-from audio_server.ws_common import SocketSession, parse_control
+from audio_server.ws_common import SessionSlot, SocketSession, admit, parse_control
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,6 +40,8 @@ def _config_from_query(q) -> tuple[int, str, StreamingConfig]:
 async def asr_stream(ws: WebSocket) -> None:
     app = ws.app
     settings, hub, metrics = app.state.settings, app.state.hub, app.state.metrics
+    if not await admit(ws, "asr"):
+        return
     session = SocketSession(ws, "asr", metrics)
     await ws.accept()
     try:
@@ -64,8 +66,7 @@ async def asr_stream(ws: WebSocket) -> None:
     transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
     resampler = StreamResampler(rate, 16000)
     received_s = 0.0
-    metrics.sessions.labels("asr").inc()
-    metrics.sessions_total.labels("asr").inc()
+    slot = SessionSlot(ws, "asr").acquire()
     log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
     await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": rate, "model": model_name})
     try:
@@ -106,7 +107,7 @@ async def asr_stream(ws: WebSocket) -> None:
         await session.error("internal_error", "the session failed; see server logs")
     finally:
         await transcriber.close()
-        metrics.sessions.labels("asr").dec()
+        slot.release()
         log.info("[%s] closed after %.1f s of audio", session.id, received_s)
         if not session.closed:
             try:

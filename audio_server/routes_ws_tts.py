@@ -19,7 +19,7 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server.audio_io import StreamResampler
 from audio_server.threads import iterate_in_thread
-from audio_server.ws_common import SocketSession, parse_control
+from audio_server.ws_common import SessionSlot, SocketSession, admit, parse_control
 from tts.piper_tts import SpeechOptions, UnknownVoice
 from tts.text import SentenceChunker
 
@@ -43,6 +43,8 @@ class _Utterance:
 async def tts_stream(ws: WebSocket) -> None:
     app = ws.app
     settings, hub, metrics = app.state.settings, app.state.hub, app.state.metrics
+    if not await admit(ws, "tts"):
+        return
     session = SocketSession(ws, "tts", metrics)
     await ws.accept()
     q = ws.query_params
@@ -100,8 +102,7 @@ async def tts_stream(ws: WebSocket) -> None:
             sentences.put_nowait((text, state["cancel_epoch"]))
 
     worker = asyncio.create_task(speak())
-    metrics.sessions.labels("tts").inc()
-    metrics.sessions_total.labels("tts").inc()
+    slot = SessionSlot(ws, "tts").acquire()
     await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": out_rate,
                              "voice": options.voice, "format": "pcm16"})
     try:
@@ -150,7 +151,7 @@ async def tts_stream(ws: WebSocket) -> None:
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
-        metrics.sessions.labels("tts").dec()
+        slot.release()
         if not session.closed:
             try:
                 await ws.close()

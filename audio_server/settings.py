@@ -30,6 +30,10 @@ class Settings:
     max_stream_seconds: float = 3600.0
     #: API keys; empty = no authentication (only allowed when listening on loopback)
     api_keys: tuple[str, ...] = field(default_factory=tuple)
+    #: extra browser origins allowed to open sockets (the server's own host is always allowed; "*" = any)
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: most streaming sessions (all socket kinds together) open at once; more are refused with 1013
+    max_sessions: int = 64
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -38,6 +42,8 @@ class Settings:
             raise ValueError("port must be between 1 and 65535")
         if not 1 <= self.model_workers <= 64 or not 1 <= self.asr_threads <= 64:
             raise ValueError("model_workers and asr_threads must be between 1 and 64")
+        if not 1 <= self.max_sessions <= 100_000:
+            raise ValueError("max_sessions must be between 1 and 100000")
         if self.max_upload_bytes < 1024 or self.max_ws_message_bytes < 1024:
             raise ValueError("max_upload_bytes and max_ws_message_bytes must be at least 1024")
 
@@ -49,7 +55,7 @@ class Settings:
             raw = os.environ.get(f"VOXLINE_{f.name.upper()}")
             if raw is None:
                 continue
-            if f.name == "api_keys":
+            if f.name in ("api_keys", "allowed_origins"):
                 values[f.name] = tuple(k for k in raw.split(",") if k)
             elif f.type in ("int", int):
                 values[f.name] = int(raw)

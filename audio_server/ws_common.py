@@ -59,6 +59,45 @@ class SocketSession:
         return "text", message.get("text") or ""
 
 
+async def admit(ws: WebSocket, kind: str) -> bool:
+    """Check key, origin and the session limit before accepting. A refusal closes the handshake (the
+    client sees HTTP 403) with a reason; nothing else of the server is touched."""
+    from audio_server.auth import key_ok, origin_ok, presented_key
+
+    app = ws.app
+    settings, metrics = app.state.settings, app.state.metrics
+    if not key_ok(settings.api_keys, presented_key(ws.headers, ws.query_params)):
+        metrics.ws_errors.labels(kind, "unauthorized").inc()
+        await ws.close(code=1008, reason="missing or invalid API key")
+        return False
+    if not origin_ok(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):
+        metrics.ws_errors.labels(kind, "bad_origin").inc()
+        await ws.close(code=1008, reason="origin not allowed")
+        return False
+    if app.state.open_sessions >= settings.max_sessions:
+        metrics.ws_errors.labels(kind, "too_many_sessions").inc()
+        await ws.close(code=1013, reason="server busy: too many sessions")
+        return False
+    return True
+
+
+class SessionSlot:
+    """Counts a session against `max_sessions` and the metrics gauge for as long as it is open."""
+
+    def __init__(self, ws: WebSocket, kind: str):
+        self.state, self.metrics, self.kind = ws.app.state, ws.app.state.metrics, kind
+
+    def acquire(self) -> "SessionSlot":
+        self.state.open_sessions += 1
+        self.metrics.sessions.labels(self.kind).inc()
+        self.metrics.sessions_total.labels(self.kind).inc()
+        return self
+
+    def release(self) -> None:
+        self.state.open_sessions -= 1
+        self.metrics.sessions.labels(self.kind).dec()
+
+
 def parse_control(text: str) -> tuple[dict | None, str | None]:
     """A JSON control message → (message, None) or (None, error text)."""
     try:
