@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from audio_server import routes_audio, routes_misc, routes_ws_asr, routes_ws_tts
+from audio_server import routes_audio, routes_misc, routes_twilio, routes_ws_asr, routes_ws_tts
 from audio_server.auth import OPEN_PATHS, key_ok, presented_key
 from audio_server.errors import error_response, install_error_handlers
 from audio_server.metrics import Metrics
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
         app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
-    for module in (routes_misc, routes_audio, routes_ws_asr, routes_ws_tts):
+    for module in (routes_misc, routes_audio, routes_ws_asr, routes_ws_tts, routes_twilio):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -32,6 +32,11 @@ class Settings:
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     #: extra browser origins allowed to open sockets (the server's own host is always allowed; "*" = any)
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: public base URL as callers see it (e.g. https://voice.example.com); used in TwiML and to check
+    #: Twilio signatures behind a proxy. Empty = taken from each request's Host header
+    public_url: str = ""
+    #: Twilio auth token; when set, /twilio/voice rejects requests without a valid X-Twilio-Signature
+    twilio_auth_token: str = ""
     #: most streaming sessions (all socket kinds together) open at once; more are refused with 1013
     max_sessions: int = 64
 
