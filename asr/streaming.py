@@ -162,7 +162,7 @@ class StreamingTranscriber:
             self._busy = False
 
     def _decode_final(self, audio: np.ndarray) -> str:
-        return self.asr.transcribe(audio, DecodeOptions(language=self.config.language)).text
+        return self.asr.transcribe(audio, DecodeOptions(language=self.config.language, timestamps=False)).text
 
     async def _end_segment(self, end: float) -> None:
         start = self._seg_start

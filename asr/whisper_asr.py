@@ -61,6 +61,8 @@ class DecodeOptions:
     temperature: float = 0.0
     word_timestamps: bool = False
     beam_size: int = 1
+    #: segment timestamps; streaming finals take their times from VAD and skip them (fewer tokens)
+    timestamps: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 1.0:
@@ -103,6 +105,7 @@ class WhisperASR:
             initial_prompt=options.prompt or None,
             condition_on_previous_text=False,
             word_timestamps=options.word_timestamps,
+            without_timestamps=not options.timestamps and not options.word_timestamps,
             vad_filter=False,
         )
         segments = []

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from audio_server import routes_audio, routes_misc, routes_twilio, routes_ws_asr, routes_ws_tts
+from audio_server import routes_chat, routes_realtime
 from audio_server.auth import OPEN_PATHS, key_ok, presented_key
 from audio_server.errors import error_response, install_error_handlers
 from audio_server.metrics import Metrics
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
     async def lifespan(app: FastAPI):
         if preload:
             hub.load_all()
+            hub.llm()  # the default chat LLM (shared by the chat routes and realtime sessions)
         yield
         if owns_hub:
             hub.close()
@@ -48,6 +50,8 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
     app.state.metrics = Metrics()
     app.state.version = _version()
     app.state.open_sessions = 0
+    # model id -> the process-wide chat engine (runtime.llm.get_engine), loaded on first use
+    app.state.chat_engines = hub.llm
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -67,6 +71,8 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
 
     for module in (routes_misc, routes_audio, routes_ws_asr, routes_ws_tts, routes_twilio):
         app.include_router(module.router)
+    app.include_router(routes_realtime.router)
+    app.include_router(routes_chat.router)
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -28,15 +28,20 @@ def _serve(args) -> int:
     t0 = time.perf_counter()
     app = create_app(settings, preload=False)
     app.state.hub.load_all()
+    print("voxline: loading the chat LLM (first start converts the GGUF once, ~1 min)...", flush=True)
+    llm = app.state.hub.llm()
     base = f"http://{settings.host}:{settings.port}"
     ws = f"ws://{settings.host}:{settings.port}"
-    print(f"voxline: models loaded in {time.perf_counter() - t0:.1f}s. Serving on {base}\n"
+    print(f"voxline: models loaded in {time.perf_counter() - t0:.1f}s (LLM {llm.model_id}). Serving on {base}\n"
           f"  health          {base}/healthz\n"
           f"  models          {base}/v1/models\n"
           f"  transcriptions  POST {base}/v1/audio/transcriptions\n"
           f"  speech          POST {base}/v1/audio/speech\n"
           f"  streaming ASR   {ws}/v1/asr/stream?sample_rate=16000\n"
           f"  streaming TTS   {ws}/v1/tts/stream\n"
+          f"  chat            POST {base}/v1/chat/completions\n"
+          f"  realtime        {ws}/v1/realtime?model=voxline\n"
+          f"  twilio webhook  POST {base}/twilio/voice\n"
           f"  metrics         {base}/metrics", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 ws_max_size=settings.max_ws_message_bytes + 1024)
@@ -108,15 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(run=_speak)
 
     for name, module, text in (("train-codebook", "tokenizer.train_codebook", "train the linguistic k-means codebook"),
-                               ("train-mtp", "runtime.train_mtp", "train MTP heads by self-distillation")):
+                               ("train-mtp", "runtime.train_mtp", "train MTP heads of a runtime model by self-distillation"),
+                               ("train-llm-mtp", "runtime.llm.mtp", "train an MTP head for the embedded chat LLM")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(run=_delegate(module))
     return parser
 
 
+_DELEGATED = {"train-codebook": "tokenizer.train_codebook", "train-mtp": "runtime.train_mtp",
+              "train-llm-mtp": "runtime.llm.mtp"}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _DELEGATED:  # their own parsers own every flag, --help included
+        import importlib
+
+        return importlib.import_module(_DELEGATED[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -24,5 +24,9 @@ class Metrics:
         self.asr_final_latency = Histogram("voxline_asr_final_latency_seconds",
                                            "End of speech (VAD) to final transcript sent", buckets=_LATENCY_BUCKETS,
                                            registry=r)
+        self.realtime_turn_latency = Histogram(
+            "voxline_realtime_turn_latency_seconds",
+            "Realtime turn latency: end of user speech (or commit / response.create) to first audio delta sent",
+            ["trigger"], buckets=_LATENCY_BUCKETS, registry=r)
         self.ws_errors = Counter("voxline_ws_protocol_errors_total", "Protocol errors sent on sockets",
                                  ["kind", "code"], registry=r)

@@ -57,6 +57,15 @@ class ModelHub:
                 self._vad = SileroVAD.shared()
             return self._vad
 
+    def llm(self, name: str | None = None):
+        """The process-wide chat engine of LLM ``name`` (default: the preset's), loaded on first use.
+
+        One engine per model per process (``runtime.llm.get_engine``): the chat routes and every realtime
+        session share it; it batches concurrent requests in its own thread."""
+        from runtime.llm import get_engine
+
+        return get_engine(name)
+
     def load_all(self) -> None:
         self.asr()
         self.tts()
@@ -76,6 +85,9 @@ class ModelHub:
         for alias in ("tts-1", "gpt-4o-mini-tts"):
             cards.append({"id": alias, "object": "model", "created": created, "owned_by": "voxline",
                           "kind": "tts", "description": "alias of piper-joe"})
+        from runtime.llm import model_cards as llm_cards
+
+        cards += llm_cards(created)
         cards.append({"id": "silero-vad", "object": "model", "created": created, "owned_by": "voxline",
                       "kind": "vad", "description": "Silero VAD (ONNX)"})
         return cards

@@ -1,0 +1,296 @@
+"""The OpenAI Realtime wire protocol: typed client events in, typed server events out, one serializer.
+
+Inside the session everything is typed: client JSON is parsed and validated into the dataclasses below
+(`parse_client_event`), and the session emits `ServerEvent`s named with GA event names. `Serializer` writes a
+server event in the connection's dialect — GA, or beta (`OpenAI-Beta: realtime=v1`): event names
+(`response.output_audio.delta` → `response.audio.delta`, …), item content types (`output_audio` → `audio`),
+the session object and the response object each have a beta shape. Client events are accepted in either
+shape on every connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from realtime.config import SessionConfig, session_to_beta, session_to_ga
+from realtime.items import Item, item_to_wire
+
+MAX_APPEND_BYTES = 15 * 1024 * 1024  # decoded audio per input_audio_buffer.append (OpenAI's limit)
+_MAX_APPEND_B64 = (MAX_APPEND_BYTES + 2) // 3 * 4
+
+
+class Dialect(Enum):
+    GA = "ga"
+    BETA = "beta"
+
+
+class ProtocolError(Exception):
+    """A client event the session cannot take. Becomes an `error` event; the session carries on."""
+
+    def __init__(self, message: str, *, code: str = "invalid_value", param: str | None = None,
+                 event_id: str | None = None, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.code, self.param, self.event_id, self.type = message, code, param, event_id, type
+
+
+# ---- client events --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClientEvent:
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class SessionUpdate(ClientEvent):
+    session: dict
+
+
+@dataclass(frozen=True)
+class AudioAppend(ClientEvent):
+    audio: bytes
+
+
+@dataclass(frozen=True)
+class AudioCommit(ClientEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class AudioClear(ClientEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class ItemCreate(ClientEvent):
+    item: dict
+    previous_item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemTruncate(ClientEvent):
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class ItemDelete(ClientEvent):
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ItemRetrieve(ClientEvent):
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ResponseCreate(ClientEvent):
+    response: dict | None = None
+
+
+@dataclass(frozen=True)
+class ResponseCancel(ClientEvent):
+    response_id: str | None = None
+
+
+CLIENT_EVENT_TYPES = ("session.update", "input_audio_buffer.append", "input_audio_buffer.commit",
+                      "input_audio_buffer.clear", "conversation.item.create", "conversation.item.truncate",
+                      "conversation.item.delete", "conversation.item.retrieve", "response.create", "response.cancel")
+
+
+def _string(msg: dict, key: str, event_id: str | None, required: bool = True) -> str | None:
+    value = msg.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"'{key}' must be a non-empty string", code="missing_required_parameter" if value is None
+                            else "invalid_value", param=key, event_id=event_id)
+    return value
+
+
+def parse_client_event(text: str | bytes) -> ClientEvent:
+    """One WebSocket text message → a typed client event. Raises ProtocolError."""
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise ProtocolError(f"the message is not valid JSON: {detail}", code="invalid_json") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("an event must be a JSON object", code="invalid_event")
+    event_id = msg.get("event_id") if isinstance(msg.get("event_id"), str) else None
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("an event needs a string 'type'", code="invalid_event", param="type", event_id=event_id)
+    if kind == "session.update":
+        session = msg.get("session")
+        if not isinstance(session, dict):
+            raise ProtocolError("'session' must be an object", param="session", event_id=event_id)
+        return SessionUpdate(event_id, session)
+    if kind == "input_audio_buffer.append":
+        return AudioAppend(event_id, _decode_audio_b64(msg.get("audio"), event_id, "audio"))
+    if kind == "input_audio_buffer.commit":
+        return AudioCommit(event_id)
+    if kind == "input_audio_buffer.clear":
+        return AudioClear(event_id)
+    if kind == "conversation.item.create":
+        item = msg.get("item")
+        if not isinstance(item, dict):
+            raise ProtocolError("'item' must be an object", param="item", event_id=event_id)
+        previous = msg.get("previous_item_id")
+        if previous is not None and not isinstance(previous, str):
+            raise ProtocolError("'previous_item_id' must be a string", param="previous_item_id", event_id=event_id)
+        return ItemCreate(event_id, item, previous)
+    if kind == "conversation.item.truncate":
+        item_id = _string(msg, "item_id", event_id)
+        content_index, audio_end_ms = msg.get("content_index", 0), msg.get("audio_end_ms")
+        for key, value in (("content_index", content_index), ("audio_end_ms", audio_end_ms)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ProtocolError(f"'{key}' must be a non-negative integer", param=key, event_id=event_id)
+        return ItemTruncate(event_id, item_id, content_index, audio_end_ms)  # type: ignore[arg-type]
+    if kind == "conversation.item.delete":
+        return ItemDelete(event_id, _string(msg, "item_id", event_id))  # type: ignore[arg-type]
+    if kind == "conversation.item.retrieve":
+        return ItemRetrieve(event_id, _string(msg, "item_id", event_id))  # type: ignore[arg-type]
+    if kind == "response.create":
+        response = msg.get("response")
+        if response is not None and not isinstance(response, dict):
+            raise ProtocolError("'response' must be an object", param="response", event_id=event_id)
+        return ResponseCreate(event_id, response)
+    if kind == "response.cancel":
+        return ResponseCancel(event_id, _string(msg, "response_id", event_id, required=False))
+    raise ProtocolError(f"unknown event type {kind!r}; supported: {', '.join(CLIENT_EVENT_TYPES)}",
+                        code="unknown_event_type", param="type", event_id=event_id)
+
+
+def _decode_audio_b64(value: object, event_id: str | None, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise ProtocolError(f"'{param}' must be a base64 string", param=param, event_id=event_id)
+    if len(value) > _MAX_APPEND_B64 + 4:
+        raise ProtocolError(f"the audio is larger than {MAX_APPEND_BYTES // (1024 * 1024)} MiB; send it in "
+                            "smaller appends", code="audio_too_large", param=param, event_id=event_id)
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"'{param}' is not valid base64", code="invalid_base64", param=param,
+                            event_id=event_id) from None
+    if len(data) > MAX_APPEND_BYTES:
+        raise ProtocolError(f"the audio is larger than {MAX_APPEND_BYTES // (1024 * 1024)} MiB", code="audio_too_large",
+                            param=param, event_id=event_id)
+    return data
+
+
+def decode_item_audio(value: object, event_id: str | None) -> bytes:
+    return _decode_audio_b64(value, event_id, "item.content.audio")
+
+
+# ---- server events --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerEvent:
+    """One server event with its GA name. `data` may hold an `Item`, a `SessionConfig` (key `session`, with
+    `session_id`) or a `ResponseInfo` (key `response`); the serializer renders them for the dialect.
+    `response_id` routes the event to its response's lane in the outbox; `audio_end_ms` marks audio deltas."""
+
+    type: str
+    data: dict = field(default_factory=dict)
+    response_id: str | None = None
+    audio_end_ms: float | None = None
+
+    @property
+    def is_audio(self) -> bool:
+        return self.type == "response.output_audio.delta"
+
+
+@dataclass
+class ResponseInfo:
+    """The `response` object of `response.created` / `response.done`."""
+
+    id: str
+    audio_out: bool
+    output_format_ga: dict
+    output_format_beta: str
+    voice: str
+    max_output_tokens: int | str
+    temperature: float
+    conversation: str = "auto"
+    metadata: dict | None = None
+    status: str = "in_progress"
+    reason: str | None = None
+    error: dict | None = None
+    output: list[Item] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def to_wire(self, ga: bool) -> dict:
+        details = None
+        if self.status != "in_progress" and self.status != "completed":
+            details = {"type": self.status, "reason": self.reason}
+            if self.error:
+                details["error"] = self.error
+        usage = None
+        if self.status != "in_progress":
+            usage = {"total_tokens": self.input_tokens + self.output_tokens, "input_tokens": self.input_tokens,
+                     "output_tokens": self.output_tokens,
+                     "input_token_details": {"text_tokens": self.input_tokens, "audio_tokens": 0, "cached_tokens": 0},
+                     "output_token_details": {"text_tokens": self.output_tokens, "audio_tokens": 0}}
+        out: dict = {"id": self.id, "object": "realtime.response", "status": self.status,
+                     "status_details": details, "output": [item_to_wire(i, ga) for i in self.output],
+                     "usage": usage, "metadata": self.metadata,
+                     "conversation_id": "conv_default" if self.conversation == "auto" else None,
+                     "max_output_tokens": self.max_output_tokens}
+        if ga:
+            out["output_modalities"] = ["audio"] if self.audio_out else ["text"]
+            out["audio"] = {"output": {"format": self.output_format_ga, "voice": self.voice}}
+        else:
+            out.update(modalities=["text", "audio"] if self.audio_out else ["text"], voice=self.voice,
+                       output_audio_format=self.output_format_beta, temperature=self.temperature)
+        return out
+
+
+# GA → beta event names; GA events mapped to None have no beta equivalent and are not sent to beta clients.
+_BETA_NAMES: dict[str, str | None] = {
+    "conversation.item.added": "conversation.item.created",
+    "conversation.item.done": None,
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+}
+
+
+class Serializer:
+    """Typed server events → JSON-ready dicts in one dialect, with fresh `event_id`s."""
+
+    def __init__(self, dialect: Dialect, session_id: str):
+        self.dialect, self.session_id = dialect, session_id
+        self._ids = itertools.count(1)
+
+    @property
+    def ga(self) -> bool:
+        return self.dialect is Dialect.GA
+
+    def __call__(self, event: ServerEvent) -> dict | None:
+        name = event.type if self.ga else _BETA_NAMES.get(event.type, event.type)
+        if name is None:
+            return None
+        out: dict = {"type": name, "event_id": f"event_{self.session_id[-6:]}{next(self._ids):06d}"}
+        for key, value in event.data.items():
+            if isinstance(value, Item):
+                out[key] = item_to_wire(value, self.ga)
+            elif isinstance(value, ResponseInfo):
+                out[key] = value.to_wire(self.ga)
+            elif isinstance(value, SessionConfig):
+                out[key] = (session_to_ga if self.ga else session_to_beta)(value, self.session_id)
+            else:
+                out[key] = value
+        return out
+
+
+def error_event(exc: ProtocolError) -> ServerEvent:
+    return ServerEvent("error", {"error": {"type": exc.type, "code": exc.code, "message": exc.message,
+                                           "param": exc.param, "event_id": exc.event_id}})

@@ -1,0 +1,262 @@
+"""Executes one session's commands: ASR jobs, response pipelines, cancellation, and the outbox writer.
+
+The runner owns every task of the session (all named `rt:<session id>:…`) and `close()` cancels and awaits
+them all, so a disconnect leaves nothing running. Transcriptions and sentence synthesis run on small pools of
+their own (sized so decodes do not oversubscribe the cores, and so a short sentence never queues behind a
+long decode); the LLM is the shared `ChatEngine`. The runner never decides anything: it asks the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from realtime.outbox import Outbox
+from realtime.pipeline import PipelineOptions, ResponseRun
+from realtime.protocol import (
+    AudioAppend,
+    Dialect,
+    ProtocolError,
+    Serializer,
+    ServerEvent,
+    error_event,
+    parse_client_event,
+)
+from realtime.session import (
+    CancelResponse,
+    Command,
+    RealtimeSession,
+    Send,
+    Speculate,
+    StartResponse,
+    Transcribe,
+)
+from runtime.chat_api import ChatEngine
+
+log = logging.getLogger(__name__)
+_MAX_SPECULATIVE = 2
+APPEND_SLICE_S = 0.5
+# Sentence synthesis is short and on the critical path; ASR decodes take seconds. Sharing one small pool
+# would queue a 0.1 s sentence behind other sessions' decodes, so realtime TTS has its own threads
+# (unless the hub offers a `tts_executor`).
+_TTS_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rt-tts")
+_ASR_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def asr_pool(threads_per_decode: int) -> ThreadPoolExecutor:
+    """Realtime transcriptions run at most cores ÷ threads-per-decode at a time. Two 2-thread Whisper decodes
+    on 2 cores both finish after ~2.3× the time of one; one after the other, the first is ready in 1×, the
+    second in 2×: a lower mean turn latency, and the same throughput."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, cores // max(1, threads_per_decode))
+    if workers not in _ASR_POOLS:
+        _ASR_POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt-asr")
+    return _ASR_POOLS[workers]
+
+
+class SpeechModels(Protocol):
+    """What a session needs from the model hub (audio_server.models.ModelHub fits)."""
+
+    executor: object
+
+    def asr(self, name: str | None = None): ...
+
+    def tts(self): ...
+
+    def vad(self): ...
+
+
+class SessionRunner:
+    def __init__(self, session: RealtimeSession, models: SpeechModels,
+                 engine: ChatEngine | Callable[[], Awaitable[ChatEngine | None]] | None,
+                 send: Callable[[dict], Awaitable[None]], dialect: Dialect = Dialect.GA,
+                 on_turn_latency: Callable[[float, str], None] | None = None,
+                 options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.session, self.models = session, models
+        # `engine` is the engine itself, or an async loader (the first load can take a while: the session
+        # opens at once and its first response waits for the load).
+        self._engine_loader = engine if callable(engine) and not isinstance(engine, ChatEngine) else None
+        self._engine = None if self._engine_loader is not None else engine
+        self._engine_future: asyncio.Future | None = None
+        self.serializer = Serializer(dialect, session.id)
+        self.options, self.clock = options or PipelineOptions(), clock
+        self._send, self._on_turn_latency = send, on_turn_latency
+        self.outbox = Outbox(self._write, self._sent)
+        self.tasks: set[asyncio.Task] = set()
+        self.responses: dict[str, asyncio.Task] = {}
+        self.transcripts: dict[str, asyncio.Task] = {}  # item id → task that records its transcript
+        self.speculative: dict[tuple[int, int], asyncio.Future] = {}
+        self.turn_latencies: list[float] = []
+        self.closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._spawn(self.outbox.run(), "writer")
+        if self._engine_loader is not None:
+            self._engine_future = asyncio.ensure_future(self._engine_loader())
+            self._engine_future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.execute(self.session.start())
+
+    async def engine(self) -> ChatEngine | None:
+        """The chat engine, once loaded. Raises what the loader raised."""
+        if self._engine_future is not None:
+            return await asyncio.shield(self._engine_future)
+        return self._engine
+
+    async def close(self) -> None:
+        """Cancel and await every task of the session (responses, ASR waits, the writer)."""
+        self.closed = True
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in (*self.transcripts.values(), *self.speculative.values()):
+            fut.cancel()
+        if self._engine_future is not None and not self._engine_future.done():
+            self._engine_future.cancel()
+        self.transcripts.clear()
+        self.speculative.clear()
+        self.responses.clear()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until every queued event has been written (used before a graceful close)."""
+        deadline = time.monotonic() + timeout
+        while (self.outbox._urgent or self.outbox._stream) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _spawn(self, coro, what: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"rt:{self.session.id}:{what}")
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("[%s] task %s failed", self.session.id, task.get_name(), exc_info=task.exception())
+
+    # ---- input ---------------------------------------------------------------------------------------
+    async def handle_text(self, text: str | bytes) -> None:
+        """One client message. Never raises for bad input: it becomes an `error` event.
+
+        A large append (up to 15 MiB is allowed: minutes of audio) is fed to the session in slices of
+        `APPEND_SLICE_S` with a yield between them, so VAD over it never stalls the event loop that every
+        session's audio and control events share."""
+        try:
+            event = parse_client_event(text)
+        except ProtocolError as exc:
+            self.execute([Send(error_event(exc))])
+            return
+        if isinstance(event, AudioAppend):
+            fmt = self.session.config.input_format
+            size = int(fmt.rate * APPEND_SLICE_S) * fmt.bytes_per_sample
+            if len(event.audio) > size:
+                for i in range(0, len(event.audio), size):
+                    piece = AudioAppend(event.event_id, event.audio[i:i + size])
+                    self.execute(self.session.handle(piece, self.clock()))
+                    await asyncio.sleep(0)
+                return
+        self.execute(self.session.handle(event, self.clock()))
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        self.execute([Send(error_event(exc))])
+
+    # ---- execution -----------------------------------------------------------------------------------
+    def execute(self, commands: list[Command]) -> None:
+        if self.closed:
+            return
+        for cmd in commands:
+            if isinstance(cmd, Send):
+                self.outbox.put(cmd.event, cmd.urgent)
+            elif isinstance(cmd, CancelResponse):
+                self.outbox.drop(cmd.response_id)
+                task = self.responses.pop(cmd.response_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(cmd, StartResponse):
+                tts_pool = getattr(self.models, "tts_executor", None) or _TTS_POOL
+                run = ResponseRun(cmd.response_id, cmd.wait_for, self.session, self.engine, self._tts(),
+                                  tts_pool, self.execute, self._wait_transcripts, self.outbox.room, self.options)
+                task = self._spawn(run.run(), f"response:{cmd.response_id}")
+                self.responses[cmd.response_id] = task
+                task.add_done_callback(lambda _t, rid=cmd.response_id: self.responses.pop(rid, None))
+            elif isinstance(cmd, Transcribe):
+                fut = self.speculative.pop(cmd.key, None) if cmd.key is not None else None
+                if fut is None:
+                    fut = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
+                task = self._spawn(self._finish_transcript(cmd, fut), f"asr:{cmd.item_id}")
+                self.transcripts[cmd.item_id] = task
+                task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
+            elif isinstance(cmd, Speculate):
+                # One speculative decode at a time: on 2 cores a wasted one (the speaker went on) costs as
+                # much as the real one, so a pause inside speech while one runs does not start another.
+                if any(not f.done() for f in self.speculative.values()):
+                    continue
+                self.speculative[cmd.key] = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
+                while len(self.speculative) > _MAX_SPECULATIVE:
+                    self.speculative.pop(next(iter(self.speculative)))
+            else:
+                raise TypeError(f"unknown command {cmd!r}")
+
+    def _tts(self):
+        return self.models.tts()
+
+    def _asr(self, audio: np.ndarray, model: str, language: str | None, prompt: str | None) -> asyncio.Future:
+        from asr.whisper_asr import DecodeOptions
+
+        name = None
+        resolve = getattr(self.models, "resolve_asr_name", None)
+        if resolve is not None:
+            try:
+                name = resolve(model)
+            except ValueError:
+                log.info("[%s] transcription model %r unknown; using the default", self.session.id, model)
+        options = DecodeOptions(language=language or "en", prompt=prompt)
+
+        def run() -> str:
+            return self.models.asr(name).transcribe(audio, options).text
+
+        settings = getattr(self.models, "settings", None)
+        pool = asr_pool(getattr(settings, "asr_threads", 2)) if settings is not None else self.models.executor
+        return asyncio.get_running_loop().run_in_executor(pool, run)
+
+    async def _finish_transcript(self, cmd: Transcribe, fut: asyncio.Future) -> None:
+        seconds = len(cmd.audio) / 16000
+        try:
+            text = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("[%s] transcription of %s failed", self.session.id, cmd.item_id)
+            self.execute(self.session.transcription_failed(cmd.item_id, f"{type(exc).__name__}: {exc}",
+                                                           cmd.emit_events))
+            return
+        self.execute(self.session.transcription_done(cmd.item_id, text, seconds, cmd.emit_events))
+
+    async def _wait_transcripts(self, item_ids: tuple[str, ...]) -> None:
+        """Until the listed items' transcripts are in the session (their tasks are done), or a timeout."""
+        tasks = [self.transcripts[i] for i in item_ids if i in self.transcripts]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.options.transcript_timeout_s)
+
+    # ---- output --------------------------------------------------------------------------------------
+    async def _write(self, event: ServerEvent) -> None:
+        wire = self.serializer(event)
+        if wire is not None:
+            await self._send(wire)
+
+    def _sent(self, event: ServerEvent) -> None:
+        if event.is_audio and event.response_id is not None:
+            first = self.session.audio_delta_sent(event.response_id, event.audio_end_ms or 0.0, self.clock())
+            if first is not None:
+                latency, trigger = first
+                self.turn_latencies.append(latency)
+                if self._on_turn_latency is not None:
+                    self._on_turn_latency(latency, trigger)

@@ -1,0 +1,335 @@
+"""The pure-torch :class:`ChatEngine`: one model, a few batch slots, one scheduler thread.
+
+Requests are *batched*, not serialised: each request takes a slot of a :class:`runtime.engine.DecodeEngine`
+(continuous batching — a request joins between decode steps and leaves when done), and one background
+thread runs the loop ``admit (prefill new requests) → step every live slot → hand out tokens``. The
+event loop never runs a model call: :meth:`TorchChatEngine.stream` only waits on an ``asyncio.Queue``
+that the thread fills. Closing the stream (``aclose()``, leaving ``async for``, a client disconnect) sets
+the request's cancel flag; the thread frees the slot before its next step.
+
+Two things are applied from outside the runtime's model, without changing it:
+
+* *Length buckets*: the KV cache is allocated once at ``capacity``, but each call sees a view cut to the
+  longest live slot rounded up to :data:`BUCKET`, so attention costs what the conversation needs.
+* *Prefix reuse*: a finished slot keeps its cache; a new request goes to the free slot that shares the
+  longest token prefix with its prompt and only the rest is prefilled (a voice conversation re-sends
+  its history every turn, so this is what keeps time-to-first-token flat as the conversation grows).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Sequence
+
+import torch
+
+from runtime.chat_api import ChatDelta, ChatRequest
+from runtime.engine import DecodeEngine, SlotInfo
+from runtime.llm.chat_format import ChatFormat
+from runtime.llm.output import OutputParser
+from runtime.llm.prompt import ChatRequestError, build_prompt
+from runtime.llm.tokenizer import TextTokenizer
+from runtime.sampling import GREEDY, SamplingParams
+from runtime.state import KVCache
+
+log = logging.getLogger(__name__)
+
+BUCKET = 256
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Service-level knobs of one engine (bounded; a bad combination says how to fix it)."""
+
+    #: concurrent requests decoded together (batch slots)
+    slots: int = 2
+    #: KV positions per slot: prompt + completion must fit
+    capacity: int = 4096
+    #: MTP drafts per step (0 = plain decoding; needs a model with trained MTP modules)
+    n_draft: int = 0
+    #: prompt positions per prefill forward (bounds peak memory of long prompts)
+    prefill_chunk: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.slots <= 64:
+            raise ValueError("slots must be between 1 and 64")
+        if not 256 <= self.capacity <= 131072:
+            raise ValueError("capacity must be between 256 and 131072 positions")
+        if not 0 <= self.n_draft <= 8:
+            raise ValueError("n_draft must be between 0 and 8")
+        if self.prefill_chunk < 16:
+            raise ValueError("prefill_chunk must be at least 16")
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    parser: OutputParser
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    prepare: Callable[[], None] | None = None      # runs in the thread just before prefill (VLM images)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    slot: int = -1
+    generated: int = 0
+    any_call: bool = False
+    detok: object = None
+    t_submit: float = field(default_factory=time.perf_counter)
+
+    def send(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:                       # the loop is gone: nobody is listening
+            self.cancelled.set()
+
+
+class TorchChatEngine:
+    """:class:`runtime.chat_api.ChatEngine` over a :class:`runtime.model.AudioLM`-shaped decoder."""
+
+    def __init__(self, model, tokenizer: TextTokenizer, fmt: ChatFormat, model_id: str,
+                 options: EngineOptions = EngineOptions(), vision=None, description: str = "") -> None:
+        self.model_id = model_id
+        self.description = description
+        self.model = model
+        self.tokenizer = tokenizer
+        self.format = fmt
+        self.options = options
+        self.vision = vision
+        self.supports_vision = vision is not None
+        cap = min(options.capacity, model.config.max_seq_len)
+        self.engine = DecodeEngine(model, batch=options.slots, capacity=cap, n_draft=options.n_draft,
+                                   seed=options.seed)
+        self._full_kv = self.engine.state.kv
+        self._full_mtp_kv = self.engine.state.mtp_kv
+        self._cached: list[list[int]] = [[] for _ in range(options.slots)]   # KV-valid tokens per free slot
+        self._jobs: list[_Job | None] = [None] * options.slots
+        self._queue: "queue.Queue[_Job | None]" = queue.Queue()
+        self._closed = False
+        self.stats = {"requests": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
+        self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
+        self._thread.start()
+
+    # ---- public API ------------------------------------------------------------------------------
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """Yield text / tool-call deltas, then one delta with ``finish_reason`` and token counts."""
+        job = self._make_job(request)
+        async for delta in self._consume(job):
+            yield delta
+
+    async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """Raw completion of ``prompt`` (``/v1/completions``); messages/tools of ``request`` are ignored."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise ChatRequestError("prompt must not be empty")
+        job = self._job(ids, request, OutputParser(stop=request.stop))
+        async for delta in self._consume(job):
+            yield delta
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+
+    # ---- request -> job ----------------------------------------------------------------------------
+    def _make_job(self, request: ChatRequest) -> _Job:
+        ids, parser, prepare = build_prompt(request, self.format, self.tokenizer, self.model_id, self.vision)
+        return self._job(ids, request, parser, prepare)
+
+    def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser,
+             prepare: Callable[[], None] | None = None) -> _Job:
+        room = self.engine.capacity - 2 * self.options.n_draft - 3 - len(ids)
+        if room < 1:
+            raise ChatRequestError(f"the prompt is {len(ids)} tokens; this model serves at most "
+                                   f"{self.engine.capacity - 2 * self.options.n_draft - 4} prompt tokens")
+        if request.max_tokens < 1:
+            raise ChatRequestError("max_tokens must be at least 1")
+        try:
+            params = SamplingParams(temperature=float(request.temperature), top_p=float(request.top_p))
+        except ValueError as exc:
+            raise ChatRequestError(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        return _Job(prompt=ids, params=params, max_tokens=min(request.max_tokens, room), parser=parser,
+                    loop=loop, out=asyncio.Queue(), prepare=prepare, detok=self.tokenizer.detokenizer())
+
+    async def _consume(self, job: _Job) -> AsyncIterator[ChatDelta]:
+        if self._closed:
+            raise RuntimeError("the chat engine is closed")
+        self._queue.put(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled.set()
+
+    # ---- the scheduler thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        waiting: list[_Job] = []
+        while not self._closed:
+            live = [j for j in self._jobs if j is not None]
+            try:
+                # Block only when idle; otherwise just pick up whatever arrived since the last step.
+                item = self._queue.get(timeout=None if not live and not waiting else 0)
+                while item is not None:
+                    waiting.append(item)
+                    item = self._queue.get_nowait()
+                if item is None and self._closed:
+                    break
+            except queue.Empty:
+                pass
+            for j in list(waiting):
+                if j.cancelled.is_set():
+                    waiting.remove(j)
+            while waiting and None in self._jobs:
+                self._admit(waiting.pop(0))
+            try:
+                self._step()
+            except Exception as exc:  # a failed step ends the requests in it, never the thread
+                log.exception("chat engine step failed")
+                for slot, j in enumerate(self._jobs):
+                    if j is not None:
+                        j.send(exc)
+                        self._release(slot, keep_cache=False)
+        gone = RuntimeError("the chat engine was closed")
+        for j in waiting + [j for j in self._jobs if j is not None]:
+            j.send(gone)
+
+    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """The free slot whose cached tokens share the longest prefix with ``prompt`` (and that length)."""
+        best, best_len = -1, -1
+        limit = self._reusable(prompt)
+        for slot, j in enumerate(self._jobs):
+            if j is not None:
+                continue
+            cached, n = self._cached[slot], 0
+            m = min(len(cached), limit)
+            while n < m and cached[n] == prompt[n]:
+                n += 1
+            if n > best_len:
+                best, best_len = slot, n
+        return best, best_len
+
+    def _reusable(self, prompt: list[int]) -> int:
+        """Prompt positions whose KV depends on the token ids alone (a VLM's image rows do not);
+        the last prompt token is always fed again so that the prefill samples the first token."""
+        limit = len(prompt) - 1
+        if self.vision is not None:
+            limit = min(limit, next((i for i, t in enumerate(prompt) if t >= self.vision.image_offset), limit))
+        return max(limit, 0)
+
+    def _admit(self, job: _Job) -> None:
+        slot, reuse = self._pick_slot(job.prompt)
+        job.slot = slot
+        self._jobs[slot] = job
+        self.stats["requests"] += 1
+        eng = self.engine
+        # Keep `reuse` cached positions: the slot behaves as if it had been extended with them.
+        eng.reset(slot, job.params)
+        eng.slots[slot] = SlotInfo(length=reuse, has_pending=False, params=job.params)
+        eng.state.lengths[slot] = reuse
+        self._cached[slot] = []
+        self.stats["reused_tokens"] += reuse
+        self.stats["prefill_tokens"] += len(job.prompt) - reuse
+        try:
+            if job.prepare is not None:
+                job.prepare()
+            self._set_bucket(extra=len(job.prompt) + 1)
+            first = eng.extend(slot, job.prompt[reuse:], chunk=self.options.prefill_chunk)
+        except Exception as exc:
+            log.exception("prefill failed")
+            job.send(exc)
+            self._release(slot, keep_cache=False)
+            return
+        finally:
+            if self.vision is not None:
+                self.vision.clear()
+        self._emit(job, [first])
+
+    def _step(self) -> None:
+        live = [s for s, j in enumerate(self._jobs) if j is not None]
+        for s in live:
+            if self._jobs[s].cancelled.is_set():
+                self._finish(s, "cancelled")
+        live = [s for s, j in enumerate(self._jobs) if j is not None]
+        if not live:
+            return
+        eng = self.engine
+        active = torch.zeros(eng.batch, dtype=torch.bool)
+        active[live] = True
+        self._set_bucket()
+        new, num = eng.step(active)
+        new_l, num_l = new.tolist(), num.tolist()
+        eng.commit(num_l)
+        self.stats["steps"] += 1
+        for s in live:
+            self._emit(self._jobs[s], new_l[s][:num_l[s]])
+
+    def _emit(self, job: _Job, tokens: Sequence[int]) -> None:
+        """Hand ``tokens`` (just decoded for ``job``) to its parser and its stream; finish if due."""
+        stop_ids = self.tokenizer.stop_ids
+        finish = None
+        text, calls = "", []
+        for t in tokens:
+            if t in stop_ids:
+                finish = "stop"
+                break
+            job.generated += 1
+            self.stats["tokens"] += 1
+            parsed = job.parser.feed(job.detok.push([t]))
+            text += parsed.text
+            calls += parsed.calls
+            if parsed.done:
+                finish = "stop"
+                break
+            if job.generated >= job.max_tokens:
+                finish = "length"
+                break
+        if finish is not None:
+            tail = job.parser.feed(job.detok.flush())
+            end = job.parser.finish()
+            text += tail.text + end.text
+            calls += tail.calls + end.calls
+        if text:
+            job.send(ChatDelta(text=text))
+        for c in calls:
+            job.any_call = True
+            job.send(ChatDelta(tool_call=c))
+        if finish is not None:
+            self._finish(job.slot, "tool_calls" if job.any_call else finish)
+
+    def _finish(self, slot: int, reason: str) -> None:
+        job = self._jobs[slot]
+        job.send(ChatDelta(finish_reason=reason, prompt_tokens=len(job.prompt), completion_tokens=job.generated))
+        self._release(slot, keep_cache=True)
+
+    def _release(self, slot: int, keep_cache: bool) -> None:
+        eng = self.engine
+        n = eng.slots[slot].length
+        self._cached[slot] = eng.state.tokens[slot, :n].tolist() if keep_cache else []
+        # Park the slot at length 0 (bucket views never need its old positions) with greedy params,
+        # so a finished sampling request does not keep the whole batch on the sampling path.
+        eng.reset(slot, GREEDY)
+        self._jobs[slot] = None
+
+    def _set_bucket(self, extra: int = 0) -> None:
+        """Point the engine's caches at views just long enough for every live slot (see module doc)."""
+        eng = self.engine
+        need = max([eng.slots[s].length + 2 * self.options.n_draft + 2
+                    for s, j in enumerate(self._jobs) if j is not None] + [extra + 2 * self.options.n_draft + 2])
+        size = min(eng.capacity, -(-need // BUCKET) * BUCKET)
+        full = self._full_kv
+        eng.state.kv = KVCache(full.k[:, :, :, :size], full.v[:, :, :, :size])
+        if self._full_mtp_kv is not None:
+            m = self._full_mtp_kv
+            eng.state.mtp_kv = KVCache(m.k[:, :, :, :size], m.v[:, :, :, :size])
+
