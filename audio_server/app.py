@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from audio_server import routes_audio, routes_misc, routes_twilio, routes_ws_asr, routes_ws_tts
-from audio_server import routes_chat, routes_realtime
+from audio_server import routes_chat, routes_realtime, routes_twilio_media
 from audio_server.auth import OPEN_PATHS, key_ok, presented_key
 from audio_server.errors import error_response, install_error_handlers
 from audio_server.metrics import Metrics
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
     for module in (routes_misc, routes_audio, routes_ws_asr, routes_ws_tts, routes_twilio):
         app.include_router(module.router)
     app.include_router(routes_realtime.router)
+    app.include_router(routes_twilio_media.router)
     app.include_router(routes_chat.router)
 
     @app.get("/", include_in_schema=False)

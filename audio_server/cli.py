@@ -44,7 +44,9 @@ def _serve(args) -> int:
           f"  twilio webhook  POST {base}/twilio/voice\n"
           f"  metrics         {base}/metrics", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                ws_max_size=settings.max_ws_message_bytes + 1024)
+                # Realtime appends may carry up to 15 MiB of audio (~20 MiB as base64 JSON); each socket
+                # applies its own, smaller per-message limit on top and answers with an error event.
+                ws_max_size=max(settings.max_ws_message_bytes + 1024, 21 * 1024 * 1024))
     return 0
 
 

@@ -1,0 +1,346 @@
+"""Twilio Media Streams: `WS /twilio/media` runs one realtime voice session per phone call.
+
+The edge only translates. Twilio's frames (parsed by `audio_server.twilio_protocol`) become session input:
+`media` payloads are appended to a `RealtimeSession` configured for G.711 μ-law 8 kHz in and out (as a
+Realtime client with `audio/pcmu` would), so the session's own codec, resampling, VAD, ASR and response
+pipeline do the work. The session's output (Realtime GA events, from its `SessionRunner`) becomes Twilio's:
+
+- `response.output_audio.delta` → 160-byte (20 ms) μ-law `media` frames with the call's streamSid;
+- the end of a response's audio → a `mark` named after the response id (Twilio echoes it once played);
+- barge-in (`speech_started` while our audio may still be playing, or a response cancelled with
+  `turn_detected`) → `clear` at once, then the assistant item is truncated to what the caller heard:
+  all of it when its mark came back, else what was sent minus what was still queued at Twilio (audio
+  plays in real time from when it arrives).
+
+Twilio cannot receive error events, so protocol problems are logged and counted
+(`voxline_ws_protocol_errors_total{kind="twilio"}`) and the frame is skipped; a `start` whose media format
+is not μ-law 8000 Hz mono closes the socket (1003). `dtmf` digits become conversation items (a user text
+`[DTMF 5]`; customParameters `dtmf=respond` also asks for a reply, `dtmf=ignore` drops them). `stop` or a
+dropped socket ends the session and cancels all of its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, WebSocket
+
+from audio_server import twilio_protocol as tp
+from audio_server.routes_realtime import live_sessions
+from audio_server.ws_common import SessionSlot, SocketSession
+from realtime.config import ConfigError, SessionConfig, apply_update
+from realtime.engine_provider import chat_engine
+from realtime.items import new_id
+from realtime.protocol import AudioAppend, ItemCreate, ItemTruncate, ResponseCreate
+from realtime.runner import SessionRunner
+from realtime.session import RealtimeSession
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+KIND = "twilio"
+FRAME_MS = 20.0
+SILENCE = b"\xff"  # μ-law zero
+DTMF_MODES = ("context", "respond", "ignore")
+
+
+@dataclass
+class Playback:
+    """Our audio of one response as Twilio has it."""
+
+    response_id: str
+    item_id: str | None = None
+    sent_ms: float = 0.0  # audio sent as media frames
+    marked: bool = False  # its mark has been sent
+    played: bool = False  # Twilio echoed the mark: all of it was heard
+    cleared: bool = False
+
+
+@dataclass
+class CallState:
+    stream_sid: str = ""
+    call_sid: str = ""
+    pending: bytearray = field(default_factory=bytearray)  # μ-law not yet a whole frame
+    pending_response: str | None = None
+    playbacks: dict[str, Playback] = field(default_factory=dict)
+    play_end: float = 0.0  # monotonic time at which everything sent so far has played at Twilio
+    frames_sent: int = 0
+    clears: int = 0
+
+
+def session_config(params: dict, model: str) -> SessionConfig:
+    """The call's session: μ-law 8 kHz both ways, plus the stream's `voice` / `instructions` parameters."""
+    config = apply_update(SessionConfig(model=model), {"audio": {"input": {"format": {"type": "audio/pcmu"}},
+                                                                 "output": {"format": {"type": "audio/pcmu"}}}})
+    for key, update in (("instructions", {"instructions": params.get("instructions")}),
+                        ("voice", {"audio": {"output": {"voice": params.get("voice")}}})):
+        if params.get(key):
+            try:
+                config = apply_update(config, update)
+            except ConfigError as exc:
+                log.warning("twilio: ignoring customParameters.%s: %s", key, exc.message)
+    return config
+
+
+class TwilioCall:
+    """One call: Twilio frames in → session; session events → Twilio frames."""
+
+    def __init__(self, ws: WebSocket, sock: SocketSession, vad):
+        self.ws, self.sock, self.vad = ws, sock, vad
+        self.app = ws.app
+        self.metrics = self.app.state.metrics
+        self.state = CallState()
+        self.runner: SessionRunner | None = None
+        self.dtmf_mode = "context"
+        self.closing = False
+
+    def problem(self, code: str, message: str) -> None:
+        self.metrics.ws_errors.labels(KIND, code).inc()
+        log.info("[%s] %s: %s", self.sock.id, code, message)
+
+    # ---- in --------------------------------------------------------------------------------------------
+    async def handle(self, text: str) -> bool:
+        """One inbound frame. Returns False when the call is over."""
+        try:
+            ev = tp.parse(text)
+        except tp.TwilioProtocolError as exc:
+            self.problem(exc.code, str(exc))
+            return True
+        if isinstance(ev, tp.Media):
+            if self.runner is None:
+                self.problem("media_before_start", "media frame before 'start'")
+            elif ev.track not in ("inbound", "inbound_track"):
+                pass  # only the caller's audio is speech for the session
+            elif ev.payload:
+                r = self.runner
+                r.execute(r.session.handle(AudioAppend(None, ev.payload), r.clock()))
+            return True
+        if isinstance(ev, tp.Start):
+            return await self._start(ev)
+        if isinstance(ev, tp.Mark):
+            pb = self.state.playbacks.get(ev.name)
+            if pb is None:
+                self.problem("unknown_mark", f"mark {ev.name!r} is not one of ours")
+            else:
+                pb.played = True
+                self._forget_played()
+            return True
+        if isinstance(ev, tp.Dtmf):
+            self._dtmf(ev.digit)
+            return True
+        if isinstance(ev, tp.Ping):
+            await self.sock._send(text=tp.pong())
+            return True
+        if isinstance(ev, tp.Stop):
+            log.info("[%s] stop (call %s)", self.sock.id, ev.call_sid or self.state.call_sid)
+            return False
+        return True  # connected
+
+    async def _start(self, ev: tp.Start) -> bool:
+        if self.runner is not None:
+            self.problem("duplicate_start", "a second 'start' on one stream is ignored")
+            return True
+        if (ev.encoding, ev.sample_rate, ev.channels) != ("audio/x-mulaw", 8000, 1):
+            self.problem("invalid_media_format", f"unsupported media format {ev.encoding} {ev.sample_rate} Hz "
+                                                 f"x{ev.channels}; Media Streams send audio/x-mulaw 8000 Hz mono")
+            self.closing = True
+            try:
+                await self.ws.close(code=1003, reason="unsupported mediaFormat")
+            except Exception:
+                pass
+            return False
+        st = self.state
+        st.stream_sid, st.call_sid = ev.stream_sid, ev.call_sid
+        params = ev.custom_parameters
+        mode = params.get("dtmf", "context")
+        self.dtmf_mode = mode if mode in DTMF_MODES else "context"
+        model = "voxline-realtime"
+        session = RealtimeSession(new_id("sess"), self.vad, session_config(params, model))
+        loop = asyncio.get_running_loop()
+        app = self.app
+
+        async def load_engine():
+            return await loop.run_in_executor(None, chat_engine, app.state, model)
+
+        def observe(latency: float, trigger: str) -> None:
+            self.metrics.realtime_turn_latency.labels(trigger).observe(latency)
+
+        self.runner = SessionRunner(session, app.state.hub, load_engine, self._out, on_turn_latency=observe)
+        live_sessions(app)[session.id] = self.runner
+        app.state.realtime_loop = loop
+        log.info("[%s] start stream %s call %s → %s (voice %s)", self.sock.id, st.stream_sid, st.call_sid,
+                 session.id, session.config.voice)
+        await self.runner.start()
+        return True
+
+    def _dtmf(self, digit: str) -> None:
+        r = self.runner
+        if r is None:
+            self.problem("dtmf_before_start", "dtmf frame before 'start'")
+            return
+        if self.dtmf_mode == "ignore":
+            return
+        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"[DTMF {digit}]"}]}
+        r.execute(r.session.handle(ItemCreate(None, item), r.clock()))
+        if self.dtmf_mode == "respond" and r.session.active is None:
+            r.execute(r.session.handle(ResponseCreate(None), r.clock()))
+
+    # ---- out -------------------------------------------------------------------------------------------
+    async def _send(self, text: str) -> None:
+        await self.sock._send(text=text)
+
+    async def _out(self, wire: dict) -> None:
+        """A session event (GA wire dict) → Twilio frames. Called by the session's single writer, in order."""
+        kind = wire["type"]
+        st = self.state
+        if kind == "response.output_audio.delta":
+            rid = wire.get("response_id")
+            pb = st.playbacks.get(rid)
+            if pb is None:
+                pb = st.playbacks[rid] = Playback(rid)
+            if pb.cleared:
+                return
+            pb.item_id = wire.get("item_id")
+            if st.pending_response != rid:
+                await self._flush()
+                st.pending_response = rid
+            st.pending += base64.b64decode(wire["delta"])
+            while len(st.pending) >= tp.FRAME_BYTES:
+                await self._frame(pb, bytes(st.pending[:tp.FRAME_BYTES]))
+                del st.pending[:tp.FRAME_BYTES]
+        elif kind in ("response.output_audio.done", "response.done"):
+            rid = wire.get("response_id") or (wire.get("response") or {}).get("id")
+            pb = st.playbacks.get(rid)
+            status = (wire.get("response") or {}).get("status")
+            details = (wire.get("response") or {}).get("status_details") or {}
+            if kind == "response.done" and status == "cancelled" and details.get("reason") == "turn_detected":
+                await self._barge_in()
+            elif pb is not None and not pb.cleared and not pb.marked:
+                if st.pending_response == rid:
+                    await self._flush()
+                pb.marked = True
+                await self._send(tp.mark(st.stream_sid, rid))
+        elif kind == "input_audio_buffer.speech_started":
+            await self._barge_in()
+        elif kind == "error":
+            err = wire.get("error") or {}
+            self.problem(str(err.get("code")), str(err.get("message")))
+
+    async def _frame(self, pb: Playback, frame: bytes) -> None:
+        st = self.state
+        await self._send(tp.media(st.stream_sid, frame))
+        now = time.monotonic()
+        st.play_end = max(st.play_end, now) + FRAME_MS / 1000
+        pb.sent_ms += FRAME_MS
+        st.frames_sent += 1
+
+    async def _flush(self) -> None:
+        """Send the last partial frame of the current response, padded with silence to 160 bytes."""
+        st = self.state
+        if st.pending and st.pending_response is not None:
+            pb = st.playbacks.get(st.pending_response)
+            frame = bytes(st.pending) + SILENCE * (tp.FRAME_BYTES - len(st.pending))
+            if pb is not None and not pb.cleared:
+                await self._frame(pb, frame)
+        st.pending.clear()
+        st.pending_response = None
+
+    def _forget_played(self) -> None:
+        for rid in [rid for rid, pb in self.state.playbacks.items() if pb.played or pb.cleared]:
+            del self.state.playbacks[rid]
+
+    async def _barge_in(self) -> None:
+        """The caller speaks: if any of our audio may still be playing, `clear` it now and truncate."""
+        st = self.state
+        now = time.monotonic()
+        audible = [pb for pb in st.playbacks.values() if pb.sent_ms > 0 and not pb.played and not pb.cleared]
+        if not audible or now >= st.play_end:
+            for pb in audible:
+                pb.played = True  # it all played out before the caller spoke
+            self._forget_played()
+            return
+        await self._send(tp.clear(st.stream_sid))
+        st.clears += 1
+        unplayed_ms = (st.play_end - now) * 1000
+        st.play_end = now
+        st.pending.clear()
+        st.pending_response = None
+        # The newest audio is the unplayed part: walk back from the last response.
+        for pb in reversed(audible):
+            heard = max(0.0, pb.sent_ms - unplayed_ms)
+            unplayed_ms = max(0.0, unplayed_ms - pb.sent_ms)
+            pb.cleared = True
+            self._truncate(pb, heard)
+        log.info("[%s] barge-in: clear sent", self.sock.id)
+        self._forget_played()
+
+    def _truncate(self, pb: Playback, heard_ms: float) -> None:
+        r = self.runner
+        if r is None or pb.item_id is None or r.session.conversation.get(pb.item_id) is None:
+            return
+        part = r.session.conversation.get(pb.item_id).content
+        limit = part[0].audio_ms if part and part[0].type == "audio" else 0.0
+        end = int(min(heard_ms, limit))
+        r.execute(r.session.handle(ItemTruncate(None, pb.item_id, 0, end), r.clock()))
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+            live_sessions(self.app).pop(self.runner.session.id, None)
+
+
+def _admit(ws: WebSocket) -> bool:
+    """Twilio cannot present an API key (the Stream URL takes no query string, the handshake no custom
+    headers): only the session limit applies here; the webhook is where calls are authenticated."""
+    return ws.app.state.open_sessions < ws.app.state.settings.max_sessions
+
+
+@router.websocket("/twilio/media")
+async def twilio_media(ws: WebSocket) -> None:
+    app = ws.app
+    hub, metrics = app.state.hub, app.state.metrics
+    if not _admit(ws):
+        metrics.ws_errors.labels(KIND, "too_many_sessions").inc()
+        await ws.close(code=1013, reason="server busy: too many sessions")
+        return
+    await ws.accept()
+    sock = SocketSession(ws, KIND, metrics)
+    loop = asyncio.get_running_loop()
+    try:
+        vad = await loop.run_in_executor(hub.executor, hub.vad)
+        await loop.run_in_executor(hub.executor, hub.tts)
+    except Exception:
+        log.exception("[%s] models failed to load", sock.id)
+        await ws.close(code=1011)
+        return
+    call = TwilioCall(ws, sock, vad)
+    slot = SessionSlot(ws, KIND).acquire()
+    log.info("[%s] open", sock.id)
+    try:
+        while True:
+            try:
+                kind, payload = await sock.receive()
+            except RuntimeError:  # the socket is already gone
+                break
+            if kind == "close":
+                break
+            if kind == "bytes":
+                call.problem("binary_frame", "Media Streams frames are JSON text")
+                continue
+            if not await call.handle(payload):  # type: ignore[arg-type]
+                break
+    except Exception:
+        log.exception("[%s] call failed", sock.id)
+    finally:
+        await call.close()
+        slot.release()
+        log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)
+        if not sock.closed and not call.closing:
+            try:
+                await ws.close()
+            except Exception:
+                pass
