@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from audio_server.auth import stream_token, stream_token_secret
 from audio_server.errors import APIError
 
 router = APIRouter()
@@ -55,5 +56,8 @@ async def twilio_voice(request: Request) -> Response:
             stream.parameter(name=name, value=value[:1000])
     if params.get("CallSid"):
         stream.parameter(name="callSid", value=params["CallSid"])
+    secret = stream_token_secret(settings)
+    if secret:
+        stream.parameter(name="token", value=stream_token(secret, params.get("CallSid", "")))
     response.append(connect)
     return Response(str(response), media_type="application/xml")

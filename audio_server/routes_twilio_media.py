@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, WebSocket
 
+from audio_server.auth import stream_token, stream_token_secret
 from audio_server import twilio_protocol as tp
 from audio_server.routes_realtime import live_sessions
 from audio_server.ws_common import SessionSlot, SocketSession
@@ -149,6 +151,16 @@ class TwilioCall:
             self.closing = True
             try:
                 await self.ws.close(code=1003, reason="unsupported mediaFormat")
+            except Exception:
+                pass
+            return False
+        secret = stream_token_secret(self.ws.app.state.settings)
+        if secret and not hmac.compare_digest(ev.custom_parameters.get("token", ""),
+                                              stream_token(secret, ev.custom_parameters.get("callSid", ev.call_sid))):
+            self.problem("unauthorized", "start frame without a valid stream token (auth is configured)")
+            self.closing = True
+            try:
+                await self.ws.close(code=1008, reason="invalid stream token")
             except Exception:
                 pass
             return False

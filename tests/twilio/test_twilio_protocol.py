@@ -102,3 +102,33 @@ def test_webhook_signature_is_checked(signed_server):
     assert httpx.post(url, data=form).status_code == 403
     tampered = dict(form, From="+15559999")
     assert httpx.post(url, data=tampered, headers={"X-Twilio-Signature": good}).status_code == 403
+
+
+def test_media_socket_needs_the_webhooks_stream_token(signed_server):
+    """With auth configured, only a stream started by our signed webhook (its token) is served."""
+    import asyncio
+
+    import websockets
+
+    url = signed_server.base_url + "/twilio/voice"
+    form = {"CallSid": "CA77"}
+    sig = RequestValidator("tw-secret").compute_signature(url, form)
+    twiml = httpx.post(url, data=form, headers={"X-Twilio-Signature": sig}).text
+    params = {p.get("name"): p.get("value") for p in ET.fromstring(twiml).find("./Connect/Stream").findall("Parameter")}
+    assert params["callSid"] == "CA77" and len(params["token"]) == 64
+
+    async def call(custom: dict):
+        start = json.loads(json.dumps(START))
+        start["start"]["customParameters"] = custom
+        async with websockets.connect(signed_server.ws_url + "/twilio/media") as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(json.dumps(start))
+            await ws.send(json.dumps({"event": "ping"}))
+            try:
+                return json.loads(await asyncio.wait_for(ws.recv(), 30))["event"]
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+
+    assert asyncio.run(call({"callSid": "CA77", "token": "0" * 64})) == 1008
+    assert asyncio.run(call({"callSid": "CA78", "token": params["token"]})) == 1008  # token of another call
+    assert asyncio.run(call(params)) == "pong"
