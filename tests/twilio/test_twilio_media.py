@@ -16,7 +16,7 @@ import websockets
 from asr.whisper_asr import DecodeOptions
 from audio_server.routes_realtime import live_sessions
 from realtime.audio import StreamResampler, ulaw_decode, ulaw_encode
-from tests.realtime.conftest import say  # noqa: F401  (fixture)
+from tests.realtime.conftest import real_engine, say  # noqa: F401  (fixtures)
 from tests.realtime.fakes import FakeEngine, Script
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,7 @@ def test_spoken_question_gets_mulaw_answer_and_mark(server, hub, say):  # noqa: 
 
     async def scenario():
         caller = await Caller.open(server, "MZtest1")
-        await caller.send_audio(silence(0.3) + question + silence(1.0), speed=4.0)
+        await caller.send_audio(silence(0.3) + question + silence(1.0), speed=1.0)  # 20 ms packets, real time
         mark_at = await caller.wait("mark", timeout=40)
         media = [f for _, f in caller.of("media")]
         assert media and all(i < mark_at for i, _ in caller.of("media"))  # the mark follows the audio
@@ -152,6 +152,27 @@ def test_spoken_question_gets_mulaw_answer_and_mark(server, hub, say):  # noqa: 
     assert "paris" in text and "capital" in text
     assert "capital of france" in " ".join(m.content for m in engine.requests[0].messages).lower()
     wait_sessions_gone(server.app, engine)
+
+
+def test_real_llm_answers_a_phone_question(server, hub, real_engine, say):  # noqa: F811 (imported fixtures)
+    """The same call with the embedded LLM instead of a script: the answer must be relevant."""
+    server.app.state.chat_engine = real_engine
+    question = mulaw_speech(say, QUESTION)
+
+    async def scenario():
+        caller = await Caller.open(server, "MZreal")
+        await caller.send_audio(silence(0.3) + question + silence(1.0), speed=1.0)
+        await caller.wait("mark", timeout=90)
+        audio = b"".join(base64.b64decode(f["media"]["payload"]) for _, f in caller.of("media"))
+        await caller.close()
+        return audio
+
+    try:
+        text = transcribe(hub, asyncio.run(scenario())).lower()
+    finally:
+        server.app.state.chat_engine = None
+    print(f"\nphone answer from {real_engine.model_id}, heard as {text!r}")
+    assert "paris" in text
 
 
 # ---- 2. barge-in: clear at once, no more of that response ----------------------------------------------------
