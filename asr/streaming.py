@@ -52,7 +52,10 @@ class StreamingTranscriber:
         self.asr, self.config, self.executor, self.emit = asr, config, executor, emit
         self.vad = vad.stream()
         self.segmenter = SpeechSegmenter(config.vad)
-        self._audio = np.zeros(0, np.float32)  # samples from self._audio_t0 up to now
+        # Samples from self._audio_t0 up to now live in _buf[:_len]. The buffer grows by doubling, so a
+        # 20 ms frame costs a 20 ms copy, not a copy of the whole (up to 30 s) segment.
+        self._buf = np.zeros(16000, np.float32)
+        self._len = 0
         self._audio_t0 = 0.0
         self._seg_start: float | None = None
         self._segment_id = 0
@@ -66,7 +69,7 @@ class StreamingTranscriber:
     # ---- audio in ----------------------------------------------------------------------------------
     async def feed(self, audio: np.ndarray) -> None:
         audio = np.asarray(audio, np.float32)
-        self._audio = np.concatenate([self._audio, audio])
+        self._append(audio)
         for event in self.segmenter.push(self.vad.feed(audio)):
             if event.kind == "start":
                 self._seg_start = max(event.time, self._audio_t0)
@@ -102,17 +105,28 @@ class StreamingTranscriber:
         await asyncio.gather(*self._tasks, *( [self._finals] if self._finals else []), return_exceptions=True)
 
     # ---- internals ---------------------------------------------------------------------------------
+    def _append(self, audio: np.ndarray) -> None:
+        need = self._len + len(audio)
+        if need > len(self._buf):
+            grown = np.zeros(max(need, 2 * len(self._buf)), np.float32)
+            grown[: self._len] = self._buf[: self._len]
+            self._buf = grown
+        self._buf[self._len : need] = audio
+        self._len = need
+
     def _slice(self, start: float, end: float) -> np.ndarray:
+        """A copy: decodes run in other threads while this buffer keeps changing."""
         a = int(round((start - self._audio_t0) * SAMPLE_RATE))
         b = int(round((end - self._audio_t0) * SAMPLE_RATE))
-        return self._audio[max(0, a) : max(0, b)]
+        return self._buf[max(0, a) : min(max(0, b), self._len)].copy()
 
     def _trim(self) -> None:
         """Outside speech keep only what prefix padding may reach back to."""
         keep = int((self.config.vad.prefix_padding_ms / 1000 + 4 * FRAME_SECONDS) * SAMPLE_RATE)
-        if len(self._audio) > 2 * keep:
-            drop = len(self._audio) - keep
-            self._audio = self._audio[drop:]
+        if self._len > 2 * keep:
+            drop = self._len - keep
+            self._buf[:keep] = self._buf[drop : self._len]
+            self._len = keep
             self._audio_t0 += drop / SAMPLE_RATE
 
     def _run(self, fn, *args) -> asyncio.Future:

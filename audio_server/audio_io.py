@@ -14,6 +14,8 @@ import struct
 import numpy as np
 import soxr
 
+from realtime.audio import StreamResampler  # noqa: F401  (one chunked resampler, re-exported for the edge)
+
 
 class AudioDecodeError(ValueError):
     """The bytes are not audio we can read."""
@@ -70,19 +72,6 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     if rate_in == rate_out:
         return audio
     return soxr.resample(audio, rate_in, rate_out, quality="HQ").astype(audio.dtype, copy=False)
-
-
-class StreamResampler:
-    """Chunk-by-chunk resampling for live streams (soxr keeps the filter state between chunks)."""
-
-    def __init__(self, rate_in: int, rate_out: int, dtype: str = "float32"):
-        self.rate_in, self.rate_out = rate_in, rate_out
-        self._rs = soxr.ResampleStream(rate_in, rate_out, 1, dtype=dtype, quality="HQ") if rate_in != rate_out else None
-
-    def __call__(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._rs is None:
-            return audio
-        return self._rs.resample_chunk(audio, last=last)
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:

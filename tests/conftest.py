@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-DATA = Path(__file__).parent / "data"
-
-
-def load_transcripts() -> list[tuple[Path, str]]:
-    rows = []
-    for line in (DATA / "transcripts.tsv").read_text().splitlines():
-        if line.strip():
-            name, ref = line.split("\t")
-            rows.append((DATA / name, ref))
-    return rows
+from bench.common import DATA, transcripts as load_transcripts  # noqa: E402,F401  (one reader of the test set)
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
