@@ -37,8 +37,10 @@ class PipelineOptions:
     first_clause_chars: int = 24  # the first TTS chunk may end at a comma this early (later ones: 60)
     # If the first sentence is not complete this long after the first token (a slow model), speak the
     # complete words so far (at least `first_chunk_min_words`) rather than keep the user waiting.
-    first_chunk_wait_ms: int = 600
-    first_chunk_min_words: int = 3
+    # A split sentence is harder to understand (Piper said a lone "Paris." so that Whisper heard "Harris"), so
+    # this only cuts in for genuinely slow text and never for a short sentence.
+    first_chunk_wait_ms: int = 1000
+    first_chunk_min_words: int = 6
     transcript_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
