@@ -69,7 +69,9 @@ class PiperTTS:
         """Yield one chunk of int16 PCM per sentence, as soon as each is synthesised."""
         from piper import SynthesisConfig
 
-        config = SynthesisConfig(length_scale=1.0 / options.speed)
+        # No sampled noise: VITS then speaks the model's mean prosody, so the same text always gives the same
+        # audio (reproducible answers and tests; with noise, "Paris" was now and then heard as "Harris").
+        config = SynthesisConfig(length_scale=1.0 / options.speed, noise_scale=0.0, noise_w_scale=0.0)
         for chunk in self.voice.synthesize(text, config):
             yield SentenceAudio("".join(chunk.phonemes), chunk.audio_int16_array)
 

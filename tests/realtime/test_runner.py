@@ -50,11 +50,12 @@ class Client:
                 pass
 
 
-def make(engine, *, lead_ms=10_000, models=None, **kw) -> tuple[SessionRunner, Client, FakeModels]:
+def make(engine, *, lead_ms=10_000, models=None, options=None, **kw) -> tuple[SessionRunner, Client, FakeModels]:
     models = models or FakeModels(asr_model=CannedASR(["What is the capital of France?"]))
     client = Client()
     session = RealtimeSession("sess_t", models.vad())
-    runner = SessionRunner(session, models, engine, client.send, options=PipelineOptions(lead_ms=lead_ms), **kw)
+    runner = SessionRunner(session, models, engine, client.send, options=options or PipelineOptions(lead_ms=lead_ms),
+                           **kw)
     return runner, client, models
 
 
@@ -300,7 +301,9 @@ def test_a_slow_model_gets_its_first_words_spoken_before_the_sentence_ends():
         # tokens split words the way a tokenizer does: "Fran" + "ce" must not become "Fran ce"
         words = ("The ", "capital ", "of ", "Fran", "ce ", "is ", "Paris, ", "a ", "city ", "of ", "light. ")
         engine = FakeEngine(Script(words, delay_s=0.25))  # 4 tokens/s, like the 0.5B model on this CPU
-        runner, client, models = make(engine)
+        # The mechanism under test, with its knobs set here (the defaults wait longer, see PipelineOptions).
+        runner, client, models = make(engine, options=PipelineOptions(lead_ms=10_000, first_chunk_wait_ms=600,
+                                                                      first_chunk_min_words=3))
         await runner.start()
         await runner.handle_text(json.dumps({"type": "session.update", "session": {"turn_detection": None}}))
         await runner.handle_text(json.dumps({"type": "response.create"}))
