@@ -190,6 +190,9 @@ def run_case(case: Case, compile_: bool, iters: int, l2_bytes: int, peak: float 
            "bytes": per_set, "err_vs_ref": err, "baseline": case.eager_name, "input_sets": n_sets}
     row["triton_us"] = time_us(lambda i: case.triton(*sets[i]), n_sets, iters)
     row["eager_us"] = time_us(lambda i: case.eager(*sets[i]), n_sets, iters)
+    # GPU time alone: the same calls replayed from a CUDA graph, so host launch cost is not counted.
+    row["triton_graph_us"] = graph_us_per_call(lambda i: case.triton(*sets[i]), n_sets, iters)
+    row["eager_graph_us"] = graph_us_per_call(lambda i: case.eager(*sets[i]), n_sets, iters)
     for name, fn in case.extra.items():
         row[f"{name}_us"] = time_us(lambda i, fn=fn: fn(*sets[i]), n_sets, iters)
     row["compile_us"] = None
@@ -199,9 +202,30 @@ def run_case(case: Case, compile_: bool, iters: int, l2_bytes: int, peak: float 
             row["compile_us"] = time_us(lambda i: compiled(*sets[i]), n_sets, iters, warmup=5)
         except Exception as exc:  # report, don't stop the run
             row["compile_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
-    row["gbps"] = per_set / (row["triton_us"] * 1e-6) / 1e9
-    row["pct_peak"] = None if peak is None else 100 * per_set / (row["triton_us"] * 1e-6) / peak
+    best = min(v for v in (row["triton_us"], row["triton_graph_us"]) if v)
+    row["gbps"] = per_set / (best * 1e-6) / 1e9
+    row["pct_peak"] = None if peak is None else 100 * per_set / (best * 1e-6) / peak
     return row
+
+
+def graph_us_per_call(fn: Callable[[int], Any], n_sets: int, iters: int) -> float | None:
+    """Median µs per call when one CUDA graph replays ``fn(0) .. fn(n_sets - 1)``: GPU time with the
+    host's launch cost removed. None when the call cannot be captured (it syncs with the host)."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(n_sets):
+                fn(i)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(n_sets):
+                fn(i)
+        return time_us(lambda i: graph.replay(), 1, max(10, iters // 4), warmup=3) / n_sets
+    except Exception:  # noqa: BLE001 - a host sync inside fn: no graph figure for it
+        torch.cuda.synchronize()
+        return None
 
 
 # ------------------------------------------------------------------------------------ decode step
@@ -231,8 +255,9 @@ def step_bytes(model, batch: int, t: int, context: int) -> int:
     return total + kv * (context + t) + kv * t + 2 * batch * t * cfg.vocab_size * elt
 
 
-def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None, log) -> list[dict]:
-    from kernels.decode_step import verify_step
+def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None, log,
+                profile: bool = False) -> list[dict]:
+    from kernels.decode_step import pack_projections, verify_step
     from runtime.model import build_model
     from runtime.presets import tiny_config
     from runtime.state import DecodeState
@@ -244,6 +269,7 @@ def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None,
     for name, cfg in configs:
         log(f"[bench.kernels] building {name} ({dtype}) on the GPU")
         model = build_model(cfg, seed=0, init_std=0.02, dtype=dtype, device=DEVICE)
+        packed = pack_projections(model)
         for batch in ([1] if quick else [1, 8]):
             st = DecodeState.allocate(model, batch, cap, 0)
             st.kv.k.normal_()
@@ -269,26 +295,50 @@ def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None,
                 lengths.copy_(start)
                 verify_step(model, tokens, lengths, kc, vc, k, backend="triton")
 
+            def packed_step():
+                lengths.copy_(start)
+                verify_step(model, tokens, lengths, kc, vc, k, backend="triton", packed=packed)
+
             row = {"config": name, "slots": batch, "tokens_per_slot": k + 1, "context": n,
                    "bytes": step_bytes(model, batch, k + 1, n)}
             with torch.no_grad():
                 row["runtime_eager_ms"] = time_us(lambda i: runtime_step(), 1, iters) / 1000
                 row["kernels_eager_ms"] = time_us(lambda i: kernel_step(), 1, iters) / 1000
-                for key, fn in (("runtime_graph_ms", runtime_step), ("kernels_graph_ms", kernel_step)):
+                for key, fn in (("runtime_graph_ms", runtime_step), ("kernels_graph_ms", kernel_step),
+                                ("packed_graph_ms", packed_step)):
                     try:
                         row[key] = graph_ms(fn, iters)
                     except Exception as exc:
                         row[key] = None
                         row[key.replace("_ms", "_error")] = f"{type(exc).__name__}: {str(exc)[:120]}"
-            best = min(v for v in (row["kernels_eager_ms"], row.get("kernels_graph_ms")) if v)
+            best = min(v for v in (row["kernels_eager_ms"], row.get("kernels_graph_ms"),
+                                   row.get("packed_graph_ms")) if v)
             row["pct_peak_kernels"] = None if peak is None else 100 * row["bytes"] / (best * 1e-3) / peak
             best_rt = min(v for v in (row["runtime_eager_ms"], row.get("runtime_graph_ms")) if v)
             row["pct_peak_runtime"] = None if peak is None else 100 * row["bytes"] / (best_rt * 1e-3) / peak
             rows.append(row)
             log(f"[bench.kernels]   {name} B{batch}: runtime {best_rt:.3f} ms, kernels {best:.3f} ms")
-        del model
+            if profile and batch == 1:
+                for label, fn in (("kernels, packed projections", packed_step), ("runtime", runtime_step)):
+                    log(f"[bench.kernels] GPU time by kernel, {name} B1 verify step ({label}), 20 steps:")
+                    log(profile_table(fn, 20))
+        del model, packed
         torch.cuda.empty_cache()
     return rows
+
+
+def profile_table(fn: Callable[[], None], steps: int, rows: int = 14) -> str:
+    """torch.profiler's GPU time per kernel name over ``steps`` calls: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                fn()
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60)
 
 
 def graph_ms(fn: Callable[[], None], iters: int) -> float:
@@ -315,23 +365,28 @@ def markdown(env: dict, krows: list[dict], drows: list[dict]) -> str:
            f"measured copy {env['copy_tbps']:.2f} TB/s); torch {env['torch']}, triton {env['triton']}; "
            f"{env['dtype']}; CUDA-event medians of {env['iters']} calls.", "",
            "| kernel | case | baseline | min bytes | Triton µs | eager µs | compile µs | × eager | × compile "
-           "| Triton GB/s | % peak | rel err |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| Triton graph µs | eager graph µs | × eager (graph) | Triton GB/s | % peak | rel err |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in krows:
         xe = r["eager_us"] / r["triton_us"]
         xc = None if r["compile_us"] is None else r["compile_us"] / r["triton_us"]
+        tg, eg = r.get("triton_graph_us"), r.get("eager_graph_us")
+        xg = None if not (tg and eg) else eg / tg
         out.append(f"| {r['kernel']} | {r['case']} | {r['baseline']} | {r['bytes'] / 1e6:.2f} MB | "
                    f"{r['triton_us']:.1f} | {r['eager_us']:.1f} | {_f(r['compile_us'])} | {xe:.2f} | "
-                   f"{_f(xc, '{:.2f}')} | {r['gbps']:.0f} | {_f(r['pct_peak'])} | {r['err_vs_ref']:.1e} |")
+                   f"{_f(xc, '{:.2f}')} | {_f(tg)} | {_f(eg)} | {_f(xg, '{:.2f}')} | {r['gbps']:.0f} | "
+                   f"{_f(r['pct_peak'])} | {r['err_vs_ref']:.1e} |")
     if drows:
         out += ["", "| model (random weights) | slots × tokens | context | runtime eager ms | kernels eager ms "
-                "| runtime graph ms | kernels graph ms | speed-up (best/best) | min bytes | % peak runtime "
-                "| % peak kernels |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| runtime graph ms | kernels graph ms | kernels + packed graph ms | speed-up (best/best) | min bytes "
+                "| % peak runtime | % peak kernels |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in drows:
-            best = min(v for v in (r["kernels_eager_ms"], r.get("kernels_graph_ms")) if v)
+            best = min(v for v in (r["kernels_eager_ms"], r.get("kernels_graph_ms"), r.get("packed_graph_ms")) if v)
             best_rt = min(v for v in (r["runtime_eager_ms"], r.get("runtime_graph_ms")) if v)
             out.append(f"| {r['config']} | {r['slots']} × {r['tokens_per_slot']} | {r['context']} | "
                        f"{r['runtime_eager_ms']:.3f} | {r['kernels_eager_ms']:.3f} | "
                        f"{_f(r.get('runtime_graph_ms'), '{:.3f}')} | {_f(r.get('kernels_graph_ms'), '{:.3f}')} | "
+                       f"{_f(r.get('packed_graph_ms'), '{:.3f}')} | "
                        f"{best_rt / best:.2f} | {r['bytes'] / 1e6:.1f} MB | {_f(r['pct_peak_runtime'])} | "
                        f"{_f(r['pct_peak_kernels'])} |")
     return "\n".join(out)
@@ -346,6 +401,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--out", default=None, help="folder for kernels.md and kernels.json")
+    ap.add_argument("--profile-step", action="store_true", help="print GPU time per kernel of the 1-slot steps")
     args = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if not torch.cuda.is_available():
@@ -377,8 +433,10 @@ def main(argv=None) -> int:
         row = run_case(case, not (args.quick or args.no_compile), args.iters, l2, peak)
         krows.append(row)
         log(f"[bench.kernels] {row['kernel']:17s} {row['case']:32s} triton {row['triton_us']:9.1f} µs  "
-            f"eager {row['eager_us']:9.1f}  compile {_f(row['compile_us'])}  err {row['err_vs_ref']:.1e}")
-    drows = [] if args.no_step else decode_rows(args.quick, dtype, args.iters, peak, log)
+            f"eager {row['eager_us']:9.1f}  compile {_f(row['compile_us'])}  graph: triton "
+            f"{_f(row['triton_graph_us'])} eager {_f(row['eager_graph_us'])}  err {row['err_vs_ref']:.1e}")
+    drows = [] if args.no_step else decode_rows(args.quick, dtype, args.iters, peak, log,
+                                                    args.profile_step)
     table = markdown(env, krows, drows)
     print("\n" + table)
     if args.out:

@@ -136,6 +136,12 @@ def mtp_accept(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor
     return mod.mtp_accept(_rows_contiguous(logits), tokens, lengths, active)
 
 
+# From this length on, automatic dispatch sends a conv to cuDNN: on an H100 the Triton kernel is
+# ~6x slower than cuDNN on a 4096-frame pass (bench/RESULTS.md); it wins nothing there, while on
+# streaming chunks it saves the [history | x] concatenation and the separate residual pass.
+LONG_CONV_FRAMES = 512
+
+
 def causal_conv1d(x: torch.Tensor, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   stride: int = 1, dilation: int = 1, slope: float | None = None,
                   residual: torch.Tensor | None = None, *, backend: str | None = None
@@ -154,6 +160,8 @@ def causal_conv1d(x: torch.Tensor, history: torch.Tensor, weight: torch.Tensor, 
         raise ValueError(f"chunk of {t} frames is not a multiple of stride {stride}")
     if residual is not None and residual.shape != (b, c_out, t // stride):
         raise ValueError(f"residual {tuple(residual.shape)} must be {(b, c_out, t // stride)}")
+    if backend is None and t // stride >= LONG_CONV_FRAMES:
+        backend = "torch"  # a long offline pass: cuDNN is several times faster than our kernel (H100)
     mod = use_triton("causal_conv1d", "triton_conv", x, backend)
     if mod is None:
         return reference.causal_conv1d(x, history, weight, bias, stride, dilation, slope, residual)

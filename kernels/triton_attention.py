@@ -139,7 +139,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_m = max(16, triton.next_power_of_2(g * t))
     block_d = max(16, triton.next_power_of_2(dh))
     if block_n is None:
-        block_n = 64 if block_d <= 64 else 32
+        block_n = 64  # an H100 sweep (bench/RESULTS.md): 64 beat 32 at Dh 128; 128 spills at Dh 64
     if num_splits is None:
         num_splits = pick_splits(q.device, bsz * hkv, cap, block_n)
     keys_per_split = triton.cdiv(triton.cdiv(cap, num_splits), block_n) * block_n

@@ -77,10 +77,23 @@ def _history_kernel(X, HIST, NEW, c_in, t_in, H, slope, sxb, sxc, sxt, shb, shc,
                  mask=c_ok[:, None] & i_ok[None, :])
 
 
+def conv_tiles(c_in: int, c_out: int, t_out: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_CO, BLOCK_CI, BLOCK_T, warps, stages), from a sweep on an H100 (bench/RESULTS.md): a
+    streaming chunk (tens of frames) wants narrow output-channel tiles so enough programs run; a long
+    offline pass (compute-bound: 2*B*Cout*Cin*k*T flops) wants long time tiles and a deeper pipeline."""
+    if t_out >= 512 and c_out >= 64 and c_in >= 64:
+        return 64, 64, 256, 8, 3
+    return (max(16, min(32, triton.next_power_of_2(c_out))), max(16, min(64, triton.next_power_of_2(c_in))),
+            max(16, min(64, triton.next_power_of_2(t_out))), 4, 2)
+
+
 def causal_conv1d(x: torch.Tensor, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride: int = 1, dilation: int = 1, slope: float | None = None,
-                  residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, Cin, T]; history [B, Cin, H]; weight [Cout, Cin, k] -> (out [B, Cout, T // stride], new history)."""
+                  residual: torch.Tensor | None = None, tiles: tuple[int, int, int, int, int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, Cin, T]; history [B, Cin, H]; weight [Cout, Cin, k] -> (out [B, Cout, T // stride], new history).
+
+    ``tiles`` = (BLOCK_CO, BLOCK_CI, BLOCK_T, warps, stages) overrides :func:`conv_tiles` (for tuning)."""
     bsz, c_in, t_in = x.shape
     c_out, _, ksize = weight.shape
     h = history.shape[-1]
@@ -92,16 +105,15 @@ def causal_conv1d(x: torch.Tensor, history: torch.Tensor, weight: torch.Tensor, 
     slope = float(slope) if act else 0.0
     precision = "ieee" if weight.dtype == torch.float32 else "tf32"
     if bsz and t_out:
-        block_co = max(16, min(64, triton.next_power_of_2(c_out)))
-        block_ci = max(16, min(32, triton.next_power_of_2(c_in)))
-        block_t = max(16, min(64, triton.next_power_of_2(t_out)))
+        block_co, block_ci, block_t, warps, stages = tiles or conv_tiles(c_in, c_out, t_out)
         res = residual if residual is not None else out
         _conv_kernel[(bsz, triton.cdiv(c_out, block_co), triton.cdiv(t_out, block_t))](
             x, history, weight, bias if bias is not None else weight, res, out,
             c_in, c_out, t_out, h, stride, dilation, slope,
             *x.stride(), *history.stride(), *weight.stride(), *res.stride(), *out.stride(),
             KSIZE=ksize, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act,
-            PRECISION=precision, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_T=block_t, num_warps=4)
+            PRECISION=precision, BLOCK_CO=block_co, BLOCK_CI=block_ci, BLOCK_T=block_t, num_warps=warps,
+            num_stages=stages)
     if bsz and h:
         block_c = max(16, min(64, triton.next_power_of_2(c_in)))
         _history_kernel[(bsz, triton.cdiv(c_in, block_c))](

@@ -138,3 +138,27 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_long_convs_go_to_cudnn_automatically(monkeypatch):
+    """Automatic dispatch keeps a long offline conv off the Triton kernel (cuDNN wins there), but an
+    explicit backend="triton" and streaming-sized chunks still reach the kernel path."""
+    import kernels.ops as ops_mod
+
+    asked = []
+
+    def spy(name, module, x, backend):
+        asked.append((name, backend))
+        return None  # the reference
+
+    monkeypatch.setattr(ops_mod, "use_triton", spy)
+    w = torch.randn(4, 4, 3)
+    long_x, short_x = torch.randn(1, 4, ops_mod.LONG_CONV_FRAMES), torch.randn(1, 4, 96)
+    out, _ = ops_mod.causal_conv1d(long_x, torch.zeros(1, 4, 2), w)
+    assert asked[-1] == ("causal_conv1d", "torch")
+    ref, _ = reference.causal_conv1d(long_x, torch.zeros(1, 4, 2), w, None)
+    assert torch.equal(out, ref)
+    ops_mod.causal_conv1d(short_x, torch.zeros(1, 4, 2), w)
+    assert asked[-1] == ("causal_conv1d", None)
+    ops_mod.causal_conv1d(long_x, torch.zeros(1, 4, 2), w, backend="triton")
+    assert asked[-1] == ("causal_conv1d", "triton")

@@ -63,3 +63,34 @@ def test_verify_step_reproduces_the_runtime(device, dtype):
     assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.lengths, theirs.lengths)
     assert torch.allclose(kv.k, theirs.kv.k, atol=1e-5) and torch.allclose(kv.v, theirs.kv.v, atol=1e-5)
     assert got[0][1] == k, "slot 1's drafts are the greedy continuation: all accepted"
+
+
+@pytest.mark.parametrize("device,dtype", TARGETS[:2])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_packed_projections_give_the_same_step(device, dtype, qkv_bias):
+    """Fused q/k/v and gate/up products (``pack_projections``) change launches, not results."""
+    dev = target(device)
+    from kernels.decode_step import pack_projections
+    from runtime.model import build_model
+    from runtime.presets import tiny_config
+
+    cfg = tiny_config(text_vocab_size=32, audio_offset=32, linguistic_size=16, semantic_size=16, n_mtp=0,
+                      qkv_bias=qkv_bias)
+    model = build_model(cfg, seed=5, init_std=0.05, device=dev)
+    if qkv_bias:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.1, generator=None)
+    b, t, cap = 2, 4, 24
+    L, hkv, dh = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
+    g = gen(7)
+    tokens = torch.randint(0, cfg.vocab_size, (b, t), generator=g).to(dev)
+    positions = (torch.tensor([0, 11])[:, None] + torch.arange(t)).to(dev)
+    caches = [torch.randn(L, b, hkv, cap, dh, generator=g).to(dev) for _ in range(2)]
+    plain_k, plain_v = caches[0].clone(), caches[1].clone()
+    pk, pv = caches[0].clone(), caches[1].clone()
+    h_plain = forward_cached(model, tokens, positions, plain_k, plain_v, backend="triton")
+    h_packed = forward_cached(model, tokens, positions, pk, pv, backend="triton", packed=pack_projections(model))
+    assert torch.allclose(h_packed, h_plain, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(pk, plain_k, atol=1e-6) and torch.allclose(pv, plain_v, atol=1e-6)
