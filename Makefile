@@ -9,7 +9,7 @@ PORT   ?= 8000
 PRESET ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench clean chromium
 
 install: $(STAMP)
 
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/voxline serve --host $(HOST) --port $(PORT) --preset $(PRESET)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's headless Chromium for tests/webrtc/test_browser_e2e.py (Playwright drives it; no browser download).
+# Idempotent. Where it cannot be installed (no root, no Debian archive) the browser tests skip with a reason.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo ">> chromium could not be installed: the browser end-to-end tests will be skipped"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

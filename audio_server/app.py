@@ -9,14 +9,17 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from audio_server import routes_audio, routes_misc, routes_twilio, routes_ws_asr, routes_ws_tts
-from audio_server import routes_chat, routes_realtime, routes_twilio_media
+from audio_server import routes_chat, routes_realtime, routes_twilio_media, routes_webrtc
 from audio_server.auth import OPEN_PATHS, key_ok, presented_key
 from audio_server.errors import error_response, install_error_handlers
+from audio_server.limits import RequestLimits
 from audio_server.metrics import Metrics
 from audio_server.models import ModelHub
 from audio_server.settings import Settings
+from audio_server.ws_common import registry
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -41,6 +44,9 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
             hub.load_all()
             hub.llm()  # the default chat LLM (shared by the chat routes and realtime sessions)
         yield
+        # Normally done already: GracefulServer drains before uvicorn closes the sockets (lifecycle.py).
+        await registry(app).drain(settings.shutdown_timeout_s)
+        await routes_webrtc.shutdown(app)  # close every WebRTC call: tasks, tracks, session slots
         if owns_hub:
             hub.close()
 
@@ -52,6 +58,8 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
     app.state.open_sessions = 0
     # model id -> the process-wide chat engine (runtime.llm.get_engine), loaded on first use
     app.state.chat_engines = hub.llm
+    # Every streaming session: limits, session timers, and the drain that shutdown runs (ws_common.py).
+    registry(app).drain_hooks.append(lambda _timeout: routes_webrtc.shutdown(app))
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -69,11 +77,17 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
         app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
+    # Added last, so outermost of ours: a too-large body is refused before auth or routing read it.
+    app.add_middleware(RequestLimits, max_request_bytes=settings.max_request_bytes)
+
     for module in (routes_misc, routes_audio, routes_ws_asr, routes_ws_tts, routes_twilio):
         app.include_router(module.router)
     app.include_router(routes_realtime.router)
     app.include_router(routes_twilio_media.router)
     app.include_router(routes_chat.router)
+    app.include_router(routes_webrtc.router)
+    # The browser voice chat page (web/: plain ES modules, no build step), open like `/`.
+    app.mount("/web", StaticFiles(directory=WEB_DIR, check_dir=False), name="web")
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -21,29 +21,53 @@ class AudioDecodeError(ValueError):
     """The bytes are not audio we can read."""
 
 
-def decode_audio(data: bytes, target_rate: int = 16000) -> np.ndarray:
-    """Any supported container/codec → float32 mono at `target_rate`."""
+MIN_RATE, MAX_RATE, MAX_CHANNELS = 1000, 384_000, 16
+
+
+def decode_audio(data: bytes, target_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+    """Any supported container/codec → float32 mono at `target_rate`, finite, in [-1, 1].
+
+    Headers are not trusted: a sample rate outside 1–384 kHz or more than 16 channels is refused, and
+    with `max_seconds` so is longer audio — checked from the header before decoding where the format says,
+    and while decoding otherwise. (tests/fuzz found a 32 KB WAV claiming 1 Hz that resampled to 1 GB.)"""
     if not data:
         raise AudioDecodeError("the audio file is empty")
-    audio, rate = _decode_soundfile(data)
+    audio, rate = _decode_soundfile(data, max_seconds)
     if audio is None:
-        audio, rate = _decode_av(data)
+        audio, rate = _decode_av(data, max_seconds)
     if audio.ndim == 2:
         audio = audio.mean(axis=1)
-    return resample(audio.astype(np.float32, copy=False), rate, target_rate)
+    # Float files may hold NaN, inf or 1e38 samples (the last made soxr's output NaN: tests/fuzz). Bounded
+    # input keeps the resampler's output bounded.
+    audio = np.clip(np.nan_to_num(audio.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    return np.clip(resample(audio, rate, target_rate), -1.0, 1.0)
 
 
-def _decode_soundfile(data: bytes) -> tuple[np.ndarray | None, int]:
+def _check_shape(rate: int, channels: int, frames: int | None, max_seconds: float | None) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioDecodeError(f"unsupported sample rate {rate} Hz (supported: {MIN_RATE}–{MAX_RATE} Hz)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioDecodeError(f"unsupported channel count {channels} (at most {MAX_CHANNELS})")
+    if max_seconds is not None and frames is not None and frames > max_seconds * rate:
+        raise AudioDecodeError(f"the audio is longer than {max_seconds:g} s ({frames / rate:.0f} s)")
+
+
+def _decode_soundfile(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray | None, int]:
     import soundfile
 
     try:
-        audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+            _check_shape(rate, channels, frames, max_seconds)
+            audio = f.read(dtype="float32", always_2d=False)
         return audio, rate
+    except AudioDecodeError:
+        raise
     except Exception:  # libsndfile says only "Format not recognised"; PyAV gets a try
         return None, 0
 
 
-def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_av(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av
 
     try:
@@ -51,14 +75,19 @@ def _decode_av(data: bytes) -> tuple[np.ndarray, int]:
             stream = next((s for s in container.streams if s.type == "audio"), None)
             if stream is None:
                 raise AudioDecodeError("the file has no audio stream")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or 16000)
-            chunks = []
+            rate = stream.rate or 16000
+            _check_shape(rate, 1, None, None)
+            limit = None if max_seconds is None else int(max_seconds * rate)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks, samples = [], 0
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                    samples += len(chunks[-1])
+                if limit is not None and samples > limit:  # headers may not say: count while decoding
+                    raise AudioDecodeError(f"the audio is longer than {max_seconds:g} s")
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
-            rate = stream.rate or 16000
     except AudioDecodeError:
         raise
     except Exception as exc:
@@ -81,7 +110,10 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def float_to_pcm16(audio: np.ndarray) -> np.ndarray:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    """The exact inverse of `pcm16_to_float` (same 32768 scale, rounded; tests/fuzz found the old 32767
+    scale with truncation turned every positive sample into one less); out-of-range values saturate."""
+    audio = np.nan_to_num(np.asarray(audio, np.float64), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2")
 
 
 def wav_header(sample_rate: int, channels: int = 1, data_bytes: int | None = None) -> bytes:

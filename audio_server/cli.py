@@ -1,4 +1,4 @@
-"""`voxline` command line: serve, transcribe, speak (and the training commands of the model packages)."""
+"""`voxline` command line: serve, transcribe, speak, pipeline (and the training commands of the model packages)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,41 @@ from pathlib import Path
 
 
 def _serve(args) -> int:
-    import uvicorn
-
     from audio_server.app import create_app
+    from audio_server.lifecycle import serve
     from audio_server.settings import Settings
 
-    settings = Settings.from_env(host=args.host, port=args.port, preset=args.preset, asr_model=args.asr_model)
-    if settings.preset != "embedded":
-        print(f"preset {settings.preset!r} is not served yet; use --preset embedded", file=sys.stderr)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, preset=args.preset, asr_model=args.asr_model,
+                                     pipeline=args.pipeline)
+    except ValueError as exc:
+        print(f"voxline: {exc}", file=sys.stderr)
+        return 2
+    if settings.preset != "embedded" and settings.pipeline == "cascade":
+        print(f"preset {settings.preset!r} is not served by the cascade; use --preset embedded, or "
+              "--pipeline unified --preset tiny", file=sys.stderr)
         return 2
     if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"refusing to listen on {settings.host} without API keys: set VOXLINE_API_KEYS or use 127.0.0.1",
               file=sys.stderr)
         return 2
-    print(f"voxline: loading the {settings.preset} models (ASR {settings.asr_model}, TTS piper-joe, Silero VAD)...",
-          flush=True)
     t0 = time.perf_counter()
     app = create_app(settings, preload=False)
-    app.state.hub.load_all()
-    print("voxline: loading the chat LLM (first start converts the GGUF once, ~1 min)...", flush=True)
-    llm = app.state.hub.llm()
+    if settings.pipeline == "unified":
+        print("voxline: realtime sessions run the UNIFIED pipeline with the tiny preset: random weights, so the "
+              "answers are noise-like audio (mechanics, not speech quality)", flush=True)
+        app.state.hub.vad()
+        app.state.hub.unified()
+        llm_name = "none (unified audio LLM: tiny, random weights)"
+    else:
+        print(f"voxline: loading the {settings.preset} models (ASR {settings.asr_model}, TTS piper-joe, Silero VAD)...",
+              flush=True)
+        app.state.hub.load_all()
+        print("voxline: loading the chat LLM (first start converts the GGUF once, ~1 min)...", flush=True)
+        llm_name = app.state.hub.llm().model_id
     base = f"http://{settings.host}:{settings.port}"
     ws = f"ws://{settings.host}:{settings.port}"
-    print(f"voxline: models loaded in {time.perf_counter() - t0:.1f}s (LLM {llm.model_id}). Serving on {base}\n"
+    print(f"voxline: models loaded in {time.perf_counter() - t0:.1f}s (LLM {llm_name}). Serving on {base}\n"
           f"  health          {base}/healthz\n"
           f"  models          {base}/v1/models\n"
           f"  transcriptions  POST {base}/v1/audio/transcriptions\n"
@@ -43,10 +55,8 @@ def _serve(args) -> int:
           f"  realtime        {ws}/v1/realtime?model=voxline\n"
           f"  twilio webhook  POST {base}/twilio/voice\n"
           f"  metrics         {base}/metrics", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                # Realtime appends may carry up to 15 MiB of audio (~20 MiB as base64 JSON); each socket
-                # applies its own, smaller per-message limit on top and answers with an error event.
-                ws_max_size=max(settings.max_ws_message_bytes + 1024, 21 * 1024 * 1024))
+    # SIGTERM / Ctrl+C: sessions are drained first (response.done cancelled, close 1001), see lifecycle.py.
+    serve(app, settings.host, settings.port, log_level=args.log_level)
     return 0
 
 
@@ -81,6 +91,49 @@ def _speak(args) -> int:
     return 0
 
 
+def _pipeline(args) -> int:
+    import asyncio
+
+    import numpy as np
+    import soundfile
+    import torch
+
+    from audio_server.audio_io import decode_audio
+    from realtime.unified_pipeline import UnifiedOptions, UnifiedStack
+    from realtime.unified_turn import WIRE_RATE, LocalModels, run_turn
+
+    if args.preset != "tiny":
+        print(f"voxline pipeline: preset {args.preset!r} has no unified audio model; use --preset tiny",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    audio = decode_audio(Path(args.file).read_bytes(), 16000)
+    try:
+        options = UnifiedOptions(n_draft=args.mtp, max_audio_tokens=args.max_tokens, seed=args.seed)
+        models = LocalModels(UnifiedStack.tiny(options=options))
+    except ValueError as exc:
+        print(f"voxline pipeline: {exc}", file=sys.stderr)
+        return 2
+    print(f"voxline pipeline: tiny preset (random weights: mechanics, not speech quality), MTP k={args.mtp}, "
+          f"{len(audio) / 16000:.2f}s of input", file=sys.stderr)
+    if args.warmup:
+        asyncio.run(run_turn(models, audio[:16000], temperature=args.temperature, session_id="sess_warmup"))
+    result = asyncio.run(run_turn(models, audio, temperature=args.temperature))
+    pcm = np.frombuffer(result.audio, "<i2")
+    soundfile.write(args.output, pcm, WIRE_RATE, subtype="PCM_16")
+    st = result.stats
+    first = f"{1000 * result.first_audio_s:.0f} ms" if result.first_audio_s is not None else "no audio"
+    status = result.done["response"]["status"]
+    print(f"wrote {args.output}: {result.audio_s:.2f}s at {WIRE_RATE} Hz, response {status}\n"
+          f"  prompt tokens          {st.prompt_tokens}\n"
+          f"  answer audio tokens    {st.audio_tokens} ({st.finish})\n"
+          f"  first audio latency    {first} (commit -> first audio delta)\n"
+          f"  RTF                    {st.rtf:.3f} (LLM {st.llm_s:.2f}s + vocoder {st.vocoder_s:.2f}s per "
+          f"{st.audio_s:.2f}s of audio); wall {result.done_s / max(result.audio_s, 1e-9):.3f}\n"
+          f"  MTP tokens per step    {st.tokens_per_step:.2f} (k={st.n_draft}, {st.steps} verify steps)")
+    return 0
+
+
 def _delegate(module: str):
     def run(args) -> int:
         import importlib
@@ -99,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--preset", default=None, help="embedded (default), tiny, step-audio")
     serve.add_argument("--asr-model", default=None, help="whisper-base (default) or whisper-tiny.en")
+    serve.add_argument("--pipeline", default=None, choices=("cascade", "unified"),
+                       help="realtime responses: cascade (default; ASR -> LLM -> TTS) or unified (audio LLM; "
+                            "--preset tiny)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=_serve)
 
@@ -113,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default="out.wav")
     sp.add_argument("--speed", type=float, default=1.0)
     sp.set_defaults(run=_speak)
+
+    pl = sub.add_parser("pipeline", help="one spoken turn through a realtime session on the unified pipeline "
+                                         "(audio -> tokens -> audio LLM with MTP -> vocoder -> audio)")
+    pl.add_argument("file", help="input audio (any format ffmpeg/libsndfile reads)")
+    pl.add_argument("-o", "--output", default="answer.wav", help="the answer as a 24 kHz WAV")
+    pl.add_argument("--preset", default="tiny", help="tiny (random weights; the only unified preset so far)")
+    pl.add_argument("--mtp", type=int, default=3, help="MTP drafts per verify step (0 = plain decoding)")
+    pl.add_argument("--max-tokens", type=int, default=150, help="longest answer in audio tokens (multiple of 5)")
+    pl.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--threads", type=int, default=1, help="torch threads (1 suits the tiny models)")
+    pl.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed 1 s warm-up turn")
+    pl.set_defaults(run=_pipeline)
 
     for name, module, text in (("train-codebook", "tokenizer.train_codebook", "train the linguistic k-means codebook"),
                                ("train-mtp", "runtime.train_mtp", "train MTP heads of a runtime model by self-distillation"),

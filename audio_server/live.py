@@ -23,7 +23,9 @@ class LiveServer:
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 ws_max_size=app.state.settings.max_ws_message_bytes * 4)
-        self.server = uvicorn.Server(config)
+        from audio_server.lifecycle import GracefulServer
+
+        self.server = GracefulServer(config)  # stop() drains sessions like a SIGTERM does
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="live-server")
 
     def start(self) -> "LiveServer":

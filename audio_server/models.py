@@ -25,6 +25,7 @@ class ModelHub:
         self._asr: dict[str, object] = {}
         self._tts = None
         self._vad = None
+        self._unified = None
 
     def asr(self, name: str | None = None):
         from asr.whisper_asr import WhisperASR
@@ -66,10 +67,26 @@ class ModelHub:
 
         return get_engine(name)
 
+    def unified(self):
+        """The unified audio stack (dual-codebook tokenizer → audio LLM with MTP → vocoder) of the preset,
+        built on first use and shared by every session. Only the tiny preset has one (random weights)."""
+        from realtime.unified_pipeline import UnifiedStack
+
+        with self._lock:
+            if self._unified is None:
+                if self.settings.preset != "tiny":
+                    raise RuntimeError(f"preset {self.settings.preset!r} has no unified audio model; use preset tiny")
+                t0 = time.perf_counter()
+                self._unified = UnifiedStack.tiny()
+                log.info("built the tiny unified stack (random weights) in %.2fs", time.perf_counter() - t0)
+            return self._unified
+
     def load_all(self) -> None:
         self.asr()
         self.tts()
         self.vad()
+        if self.settings.pipeline == "unified":
+            self.unified()
 
     def model_cards(self) -> list[dict]:
         """What `/v1/models` lists: the preset's models, whether or not they are loaded yet."""

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.whisper_asr import DecodeOptions
 from audio_server.audio_io import SPEECH_FORMATS, AudioDecodeError, SpeechEncoder, decode_audio
@@ -43,6 +44,8 @@ async def transcriptions(request: Request):
         raise APIError(413, f"upload too large: limit is {settings.max_upload_bytes} bytes", code="file_too_large")
     try:
         form = await request.form(max_files=1, max_fields=32)
+    except StarletteHTTPException:  # the body went past max_request_bytes (limits.BodyTooLarge): 413
+        raise
     except Exception as exc:  # malformed multipart body
         raise APIError(400, f"malformed multipart body: {exc}", code="invalid_multipart") from exc
     upload = form.get("file")
@@ -66,7 +69,8 @@ async def transcriptions(request: Request):
         raise APIError(400, str(exc)) from exc
     stream = str(_form_value(form, "stream", "false")).lower() == "true"
     try:
-        audio = await asyncio.get_running_loop().run_in_executor(hub.executor, decode_audio, data, 16000)
+        audio = await asyncio.get_running_loop().run_in_executor(hub.executor, decode_audio, data, 16000,
+                                                                 settings.max_upload_audio_s)
     except AudioDecodeError as exc:
         raise APIError(400, f"{exc} (supported: wav, flac, ogg, opus, mp3, m4a, webm)", param="file",
                        code="invalid_audio") from exc

@@ -12,6 +12,10 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz(request: Request):
     state = request.app.state
+    registry = getattr(state, "registry", None)
+    if registry is not None and not registry.accepting:  # shutting down: load balancers stop sending here
+        return JSONResponse({"status": "draining", "preset": state.settings.preset, "version": state.version},
+                            status_code=503)
     return JSONResponse({"status": "ok", "preset": state.settings.preset, "version": state.version})
 
 

@@ -32,8 +32,16 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server.auth import stream_token, stream_token_secret
 from audio_server import twilio_protocol as tp
-from audio_server.routes_realtime import live_sessions
-from audio_server.ws_common import SessionSlot, SocketSession
+from audio_server.routes_realtime import live_sessions, wind_down
+from audio_server.ws_common import (
+    CLOSE_BUSY,
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TIMEOUT_S,
+    SessionSlot,
+    SocketSession,
+    registry,
+)
 from realtime.config import ConfigError, SessionConfig, apply_update
 from realtime.engine_provider import chat_engine
 from realtime.items import new_id
@@ -170,7 +178,9 @@ class TwilioCall:
         mode = params.get("dtmf", "context")
         self.dtmf_mode = mode if mode in DTMF_MODES else "context"
         model = "voxline-realtime"
-        session = RealtimeSession(new_id("sess"), self.vad, session_config(params, model))
+        settings = self.app.state.settings
+        session = RealtimeSession(new_id("sess"), self.vad, session_config(params, model),
+                                  max_buffer_seconds=settings.max_input_buffer_s)
         loop = asyncio.get_running_loop()
         app = self.app
 
@@ -180,7 +190,11 @@ class TwilioCall:
         def observe(latency: float, trigger: str) -> None:
             self.metrics.realtime_turn_latency.labels(trigger).observe(latency)
 
-        self.runner = SessionRunner(session, app.state.hub, load_engine, self._out, on_turn_latency=observe)
+        def backlog(queued: int) -> None:
+            self.sock.end(CLOSE_POLICY, f"Twilio too slow: {queued} events wait unread", "slow_consumer")
+
+        self.runner = SessionRunner(session, app.state.hub, load_engine, self._out, on_turn_latency=observe,
+                                    max_queued_events=settings.max_queued_events, on_backlog=backlog)
         live_sessions(app)[session.id] = self.runner
         app.state.realtime_loop = loop
         log.info("[%s] start stream %s call %s → %s (voice %s)", self.sock.id, st.stream_sid, st.call_sid,
@@ -305,34 +319,33 @@ class TwilioCall:
             live_sessions(self.app).pop(self.runner.session.id, None)
 
 
-def _admit(ws: WebSocket) -> bool:
-    """Twilio cannot present an API key (the Stream URL takes no query string, the handshake no custom
-    headers): only the session limit applies here; the webhook is where calls are authenticated."""
-    return ws.app.state.open_sessions < ws.app.state.settings.max_sessions
-
-
 @router.websocket("/twilio/media")
 async def twilio_media(ws: WebSocket) -> None:
+    """Twilio cannot present an API key (the Stream URL takes no query string, the handshake no custom
+    headers): only the session limits apply here; the webhook is where calls are authenticated, and the
+    `start` frame's stream token. A call over the limits is refused at the handshake."""
     app = ws.app
     hub, metrics = app.state.hub, app.state.metrics
-    if not _admit(ws):
-        metrics.ws_errors.labels(KIND, "too_many_sessions").inc()
-        await ws.close(code=1013, reason="server busy: too many sessions")
+    refused = registry(app).refusal(None)
+    if refused is not None:
+        metrics.ws_errors.labels(KIND, refused[1]).inc()
+        await ws.close(code=CLOSE_BUSY, reason=refused[2][:120])
         return
-    await ws.accept()
     sock = SocketSession(ws, KIND, metrics)
-    loop = asyncio.get_running_loop()
+    slot = SessionSlot(ws, KIND, sock).acquire()  # no await since the check: the limits hold
+    call: TwilioCall | None = None
     try:
-        vad = await loop.run_in_executor(hub.executor, hub.vad)
-        await loop.run_in_executor(hub.executor, hub.tts)
-    except Exception:
-        log.exception("[%s] models failed to load", sock.id)
-        await ws.close(code=1011)
-        return
-    call = TwilioCall(ws, sock, vad)
-    slot = SessionSlot(ws, KIND).acquire()
-    log.info("[%s] open", sock.id)
-    try:
+        await ws.accept()
+        loop = asyncio.get_running_loop()
+        try:
+            vad = await loop.run_in_executor(hub.executor, hub.vad)
+            await loop.run_in_executor(hub.executor, hub.tts)
+        except Exception:
+            log.exception("[%s] models failed to load", sock.id)
+            sock.end(CLOSE_INTERNAL, "speech models failed to load")
+            return
+        call = TwilioCall(ws, sock, vad)
+        log.info("[%s] open", sock.id)
         while True:
             try:
                 kind, payload = await sock.receive()
@@ -345,14 +358,18 @@ async def twilio_media(ws: WebSocket) -> None:
                 continue
             if not await call.handle(payload):  # type: ignore[arg-type]
                 break
+        if call.runner is not None:
+            await wind_down(call.runner, sock)
     except Exception:
         log.exception("[%s] call failed", sock.id)
+    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
+        sock.end(CLOSE_INTERNAL, "the session was cancelled on the server")
+        raise
     finally:
-        await call.close()
+        if call is not None:
+            await call.close()
+        if call is None or not call.closing:
+            await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
         slot.release()
-        log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)
-        if not sock.closed and not call.closing:
-            try:
-                await ws.close()
-            except Exception:
-                pass
+        if call is not None:
+            log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)

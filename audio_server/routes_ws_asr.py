@@ -17,7 +17,17 @@ from fastapi import APIRouter, WebSocket
 from asr.streaming import StreamingConfig, StreamingTranscriber
 from asr.vad import VADConfig
 from audio_server.audio_io import StreamResampler, pcm16_to_float
-from audio_server.ws_common import SessionSlot, SocketSession, admit, parse_control
+from audio_server.ws_common import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TIMEOUT_S,
+    SessionSlot,
+    SocketSession,
+    admit,
+    parse_control,
+    registry,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -43,33 +53,34 @@ async def asr_stream(ws: WebSocket) -> None:
     if not await admit(ws, "asr"):
         return
     session = SocketSession(ws, "asr", metrics)
-    await ws.accept()
-    try:
-        rate, model, config = _config_from_query(ws.query_params)
-        model_name = hub.resolve_asr_name(model)
-    except ValueError as exc:
-        await session.error("invalid_parameters", str(exc))
-        await ws.close(code=1008)
-        return
-    loop = asyncio.get_running_loop()
-    asr = await loop.run_in_executor(hub.executor, hub.asr, model_name)
-    vad = await loop.run_in_executor(hub.executor, hub.vad)
-    ended_at: dict[int, float] = {}
-
-    async def emit(event: dict) -> None:
-        if event["type"] == "speech_stopped":
-            ended_at[event["segment_id"]] = time.perf_counter()
-        elif event["type"] == "final" and event["segment_id"] in ended_at:
-            metrics.asr_final_latency.observe(time.perf_counter() - ended_at.pop(event["segment_id"]))
-        await session.send_json(event)
-
-    transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
-    resampler = StreamResampler(rate, 16000)
+    slot = SessionSlot(ws, "asr", session).acquire()  # no await since admit: the limits hold
+    transcriber: StreamingTranscriber | None = None
     received_s = 0.0
-    slot = SessionSlot(ws, "asr").acquire()
-    log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
-    await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": rate, "model": model_name})
     try:
+        await ws.accept()
+        try:
+            rate, model, config = _config_from_query(ws.query_params)
+            model_name = hub.resolve_asr_name(model)
+        except ValueError as exc:
+            await session.error("invalid_parameters", str(exc))
+            session.end(CLOSE_POLICY, "invalid parameters")
+            return
+        loop = asyncio.get_running_loop()
+        asr = await loop.run_in_executor(hub.executor, hub.asr, model_name)
+        vad = await loop.run_in_executor(hub.executor, hub.vad)
+        ended_at: dict[int, float] = {}
+
+        async def emit(event: dict) -> None:
+            if event["type"] == "speech_stopped":
+                ended_at[event["segment_id"]] = time.perf_counter()
+            elif event["type"] == "final" and event["segment_id"] in ended_at:
+                metrics.asr_final_latency.observe(time.perf_counter() - ended_at.pop(event["segment_id"]))
+            await session.send_json(event)
+
+        transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
+        resampler = StreamResampler(rate, 16000)
+        log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
+        await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": rate, "model": model_name})
         while True:
             kind, payload = await session.receive()
             if kind == "close":
@@ -85,6 +96,7 @@ async def asr_stream(ws: WebSocket) -> None:
                 received_s += len(payload) / 2 / rate
                 if received_s > settings.max_stream_seconds:
                     await session.error("stream_too_long", f"streams are limited to {settings.max_stream_seconds:.0f} s")
+                    session.end(CLOSE_POLICY, "stream too long (max_stream_seconds)")
                     break
                 await transcriber.feed(resampler(pcm16_to_float(payload)))
                 continue
@@ -102,15 +114,24 @@ async def asr_stream(ws: WebSocket) -> None:
             else:
                 await session.error("unknown_message", f"unknown message type {msg['type']!r}; "
                                     "expected binary PCM16 audio, 'flush' or 'end'")
+        if session.end_code == CLOSE_GOING_AWAY:  # shutdown: finish the utterance in progress if time allows
+            try:
+                async with asyncio.timeout(max(0.0, registry(app).remaining(CLOSE_TIMEOUT_S) - 0.5)):
+                    await transcriber.flush()
+            except TimeoutError:
+                pass
+        if session.end_error in ("server_shutdown", "idle_timeout", "session_expired"):  # (counted by end())
+            await session.send_json({"type": "error", "code": session.end_error, "message": session.end_reason})
     except Exception:
         log.exception("[%s] session failed", session.id)
         await session.error("internal_error", "the session failed; see server logs")
+        session.end(CLOSE_INTERNAL, "internal error")
+    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
+        session.end(CLOSE_INTERNAL, "the session was cancelled on the server")
+        raise
     finally:
-        await transcriber.close()
+        if transcriber is not None:
+            await transcriber.close()
+        await session.close(registry(app).remaining(CLOSE_TIMEOUT_S))
         slot.release()
         log.info("[%s] closed after %.1f s of audio", session.id, received_s)
-        if not session.closed:
-            try:
-                await ws.close()
-            except Exception:
-                pass

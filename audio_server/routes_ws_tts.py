@@ -19,7 +19,16 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server.audio_io import StreamResampler
 from audio_server.threads import iterate_in_thread
-from audio_server.ws_common import SessionSlot, SocketSession, admit, parse_control
+from audio_server.ws_common import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TIMEOUT_S,
+    SessionSlot,
+    SocketSession,
+    admit,
+    parse_control,
+    registry,
+)
 from tts.piper_tts import SpeechOptions, UnknownVoice
 from tts.text import SentenceChunker
 
@@ -27,6 +36,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 _END = object()
 _MAX_PENDING_CHARS = 20_000
+_MAX_PENDING_ITEMS = 1_000  # queued sentences and `end` marks (each `end` costs a `done` event)
 
 
 class _Utterance:
@@ -46,66 +56,67 @@ async def tts_stream(ws: WebSocket) -> None:
     if not await admit(ws, "tts"):
         return
     session = SocketSession(ws, "tts", metrics)
-    await ws.accept()
-    q = ws.query_params
-    loop = asyncio.get_running_loop()
-    tts = await loop.run_in_executor(hub.executor, hub.tts)
+    slot = SessionSlot(ws, "tts", session).acquire()  # no await since admit: the limits hold
+    worker: asyncio.Task | None = None
     try:
-        options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")), speed=float(q.get("speed", 1.0)))
-        out_rate = int(q.get("sample_rate", tts.sample_rate))
-        if not 8000 <= out_rate <= 48000:
-            raise ValueError("sample_rate must be between 8000 and 48000")
-    except (ValueError, UnknownVoice) as exc:
-        await session.error("invalid_parameters", str(exc))
-        await ws.close(code=1008)
-        return
+        await ws.accept()
+        q = ws.query_params
+        loop = asyncio.get_running_loop()
+        tts = await loop.run_in_executor(hub.executor, hub.tts)
+        try:
+            options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")), speed=float(q.get("speed", 1.0)))
+            out_rate = int(q.get("sample_rate", tts.sample_rate))
+            if not 8000 <= out_rate <= 48000:
+                raise ValueError("sample_rate must be between 8000 and 48000")
+        except (ValueError, UnknownVoice) as exc:
+            await session.error("invalid_parameters", str(exc))
+            session.end(CLOSE_POLICY, "invalid parameters")
+            return
 
-    chunker = SentenceChunker()
-    sentences: asyncio.Queue = asyncio.Queue()
-    state = {"utt": _Utterance(), "cancel_epoch": 0, "pending_chars": 0}
+        chunker = SentenceChunker()
+        sentences: asyncio.Queue = asyncio.Queue()
+        state = {"utt": _Utterance(), "cancel_epoch": 0, "pending_chars": 0}
 
-    async def speak() -> None:
-        """Synthesises queued sentences in order; `_END` marks where a `done` goes."""
-        while True:
-            item, epoch = await sentences.get()
-            utt: _Utterance = state["utt"]
-            if item is _END:
-                await session.send_json({"type": "done", "duration": round(utt.samples / out_rate, 3),
-                                         "samples": utt.samples, "sample_rate": out_rate,
-                                         "sentences": utt.sentences})
-                state["utt"] = _Utterance()
-                continue
-            state["pending_chars"] -= len(item)
-            if epoch != state["cancel_epoch"]:
-                continue  # cancelled before we got to it
-            resample = StreamResampler(tts.sample_rate, out_rate, dtype="int16")
-            async for part in iterate_in_thread(hub.executor, lambda: tts.synthesize(item, options)):
+        async def speak() -> None:
+            """Synthesises queued sentences in order; `_END` marks where a `done` goes."""
+            while True:
+                item, epoch = await sentences.get()
+                utt: _Utterance = state["utt"]
+                if item is _END:
+                    await session.send_json({"type": "done", "duration": round(utt.samples / out_rate, 3),
+                                             "samples": utt.samples, "sample_rate": out_rate,
+                                             "sentences": utt.sentences})
+                    state["utt"] = _Utterance()
+                    continue
+                state["pending_chars"] -= len(item)
                 if epoch != state["cancel_epoch"]:
-                    break
-                pcm = resample(part.pcm)
-                if utt.first_chunk_s is None:
-                    utt.first_chunk_s = time.perf_counter() - utt.t0
-                    metrics.tts_first_chunk.observe(utt.first_chunk_s)
-                utt.samples += len(pcm)
-                await session.send_bytes(pcm.astype("<i2").tobytes())
-            else:
-                tail = resample(np.zeros(0, np.int16), last=True)  # the resampler's last few samples
-                if len(tail):
-                    utt.samples += len(tail)
-                    await session.send_bytes(tail.astype("<i2").tobytes())
-                utt.sentences += 1
-                await session.send_json({"type": "sentence", "text": item, "index": utt.sentences - 1})
+                    continue  # cancelled before we got to it
+                resample = StreamResampler(tts.sample_rate, out_rate, dtype="int16")
+                async for part in iterate_in_thread(hub.executor, lambda: tts.synthesize(item, options)):
+                    if epoch != state["cancel_epoch"]:
+                        break
+                    pcm = resample(part.pcm)
+                    if utt.first_chunk_s is None:
+                        utt.first_chunk_s = time.perf_counter() - utt.t0
+                        metrics.tts_first_chunk.observe(utt.first_chunk_s)
+                    utt.samples += len(pcm)
+                    await session.send_bytes(pcm.astype("<i2").tobytes())
+                else:
+                    tail = resample(np.zeros(0, np.int16), last=True)  # the resampler's last few samples
+                    if len(tail):
+                        utt.samples += len(tail)
+                        await session.send_bytes(tail.astype("<i2").tobytes())
+                    utt.sentences += 1
+                    await session.send_json({"type": "sentence", "text": item, "index": utt.sentences - 1})
 
-    def enqueue(texts: list[str]) -> None:
-        for text in texts:
-            state["pending_chars"] += len(text)
-            sentences.put_nowait((text, state["cancel_epoch"]))
+        def enqueue(texts: list[str]) -> None:
+            for text in texts:
+                state["pending_chars"] += len(text)
+                sentences.put_nowait((text, state["cancel_epoch"]))
 
-    worker = asyncio.create_task(speak())
-    slot = SessionSlot(ws, "tts").acquire()
-    await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": out_rate,
-                             "voice": options.voice, "format": "pcm16"})
-    try:
+        worker = asyncio.create_task(speak())
+        await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": out_rate,
+                                 "voice": options.voice, "format": "pcm16"})
         while True:
             kind, payload = await session.receive()
             if kind == "close":
@@ -121,6 +132,10 @@ async def tts_stream(ws: WebSocket) -> None:
                 await session.error("invalid_json", problem)
                 continue
             kind = msg["type"]
+            if kind in ("text", "end", "eos") and sentences.qsize() >= _MAX_PENDING_ITEMS:
+                await session.error("too_many_requests", f"{_MAX_PENDING_ITEMS} requests wait to be spoken; "
+                                    "wait for audio before sending more")
+                continue
             if kind == "text":
                 text = msg.get("text")
                 if not isinstance(text, str):
@@ -145,15 +160,19 @@ async def tts_stream(ws: WebSocket) -> None:
             else:
                 await session.error("unknown_message", f"unknown message type {kind!r}; "
                                     "expected 'text', 'flush', 'end' or 'cancel'")
+        if session.end_error in ("server_shutdown", "idle_timeout", "session_expired"):  # (counted by end())
+            state["cancel_epoch"] += 1  # queued text is dropped; the sentence being spoken stops
+            await session.send_json({"type": "error", "code": session.end_error, "message": session.end_reason})
     except Exception:
         log.exception("[%s] session failed", session.id)
         await session.error("internal_error", "the session failed; see server logs")
+        session.end(CLOSE_INTERNAL, "internal error")
+    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
+        session.end(CLOSE_INTERNAL, "the session was cancelled on the server")
+        raise
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        await session.close(registry(app).remaining(CLOSE_TIMEOUT_S))
         slot.release()
-        if not session.closed:
-            try:
-                await ws.close()
-            except Exception:
-                pass

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 PRESETS = ("embedded", "tiny", "step-audio")
+PIPELINES = ("cascade", "unified")
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     preset: str = "embedded"
+    #: realtime response pipeline: cascade (ASR → LLM → TTS) or unified (audio tokens → audio LLM with MTP →
+    #: vocoder; the tiny preset only: random weights, mechanics not speech)
+    pipeline: str = "cascade"
     #: ASR model of the preset: whisper-base (default) or whisper-tiny.en (smaller, faster)
     asr_model: str = "whisper-base"
     #: CPU threads for one CTranslate2 decode
@@ -37,12 +41,58 @@ class Settings:
     public_url: str = ""
     #: Twilio auth token; when set, /twilio/voice rejects requests without a valid X-Twilio-Signature
     twilio_auth_token: str = ""
-    #: most streaming sessions (all socket kinds together) open at once; more are refused with 1013
+    #: most streaming sessions (all socket kinds together) open at once; more are refused at the handshake
+    #: (HTTP 403, JSON body with code too_many_sessions)
     max_sessions: int = 64
+    # ---- limits under load (tests/test_reliability_limits.py; close codes in audio_server/ws_common.py) ----
+    #: most sessions one API key may hold open at once (HTTP 429 too_many_sessions_for_key beyond);
+    #: 0 = only max_sessions applies. Counted only when api_keys are configured
+    max_sessions_per_key: int = 0
+    #: largest decoded audio in one realtime input_audio_buffer.append (OpenAI's limit is 15 MiB)
+    max_append_bytes: int = 15 * 1024 * 1024
+    #: most uncommitted input audio a realtime session holds; without VAD an append beyond it is refused
+    #: (input_audio_buffer_full), with server VAD a turn that long is committed as it is
+    max_input_buffer_s: float = 600.0
+    #: longest a streaming session may stay open (OpenAI: 60 min); then error session_expired, close 1008
+    max_session_s: float = 3600.0
+    #: a socket that receives no message this long is closed (error idle_timeout, close 1008); 0 = never
+    idle_timeout_s: float = 300.0
+    #: a send the client does not read within this is a slow consumer: the session ends, close 1008
+    send_timeout_s: float = 10.0
+    #: events a realtime session may queue for its client (audio is paced; this bounds a client that
+    #: floods requests without reading replies); beyond it the client is dropped as a slow consumer
+    max_queued_events: int = 2048
+    #: largest HTTP request body (any route); bigger ones get 413 before they are read
+    max_request_bytes: int = 32 * 1024 * 1024
+    #: longest audio /v1/audio/transcriptions decodes (a small compressed file can hold hours)
+    max_upload_audio_s: float = 1800.0
+    #: on shutdown (SIGTERM), how long open sessions get to finish: responses cancelled with
+    #: response.done, sockets closed with 1001; stragglers are then cut
+    shutdown_timeout_s: float = 5.0
+    #: WebRTC STUN/TURN servers: JSON list of {"urls", "username", "credential"} or comma-separated
+    #: stun:/turn: URLs. Empty = none: host candidates only (loopback or LAN), nothing contacted outside
+    ice_servers: str = ""
+    #: local addresses offered as WebRTC host candidates; empty = 127.0.0.1 when `host` is loopback,
+    #: else every interface
+    ice_host_addresses: tuple[str, ...] = field(default_factory=tuple)
+    #: a WebRTC peer that has not connected this long after its answer is closed
+    webrtc_connect_timeout_s: float = 30.0
+    #: a connected WebRTC peer that sends no media and no data-channel message this long is closed
+    #: (a browser tab that vanished without a goodbye); ICE consent checks catch it after ~30 s too
+    webrtc_idle_timeout_s: float = 20.0
+    #: inbound WebRTC audio held back to reorder late packets, in 20 ms frames. aiortc holds 4 (80 ms);
+    #: on loopback and LAN packets arrive in order, and each held frame delays barge-in by 20 ms.
+    #: Raise it for lossy or jittery paths (a packet later than this is dropped)
+    webrtc_jitter_frames: int = 1
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"unknown pipeline {self.pipeline!r}; choose one of {', '.join(PIPELINES)}")
+        if self.pipeline == "unified" and self.preset != "tiny":
+            raise ValueError(f"the unified pipeline has models for the tiny preset only (random weights), not "
+                             f"{self.preset!r}: use preset tiny, or pipeline cascade")
         if not 0 < self.port < 65536:
             raise ValueError("port must be between 1 and 65535")
         if not 1 <= self.model_workers <= 64 or not 1 <= self.asr_threads <= 64:
@@ -51,6 +101,34 @@ class Settings:
             raise ValueError("max_sessions must be between 1 and 100000")
         if self.max_upload_bytes < 1024 or self.max_ws_message_bytes < 1024:
             raise ValueError("max_upload_bytes and max_ws_message_bytes must be at least 1024")
+        self._check_limits()
+        if not 1.0 <= self.webrtc_connect_timeout_s <= 600 or not 1.0 <= self.webrtc_idle_timeout_s <= 3600:
+            raise ValueError("webrtc_connect_timeout_s must be in [1, 600] s and webrtc_idle_timeout_s in [1, 3600] s")
+        if not 1 <= self.webrtc_jitter_frames <= 8:
+            raise ValueError("webrtc_jitter_frames must be between 1 and 8 (20 ms frames)")
+        from audio_server.webrtc_config import check_host_addresses, parse_ice_servers
+
+        parse_ice_servers(self.ice_servers)  # raises with a message that says how to write it
+        check_host_addresses(self.ice_host_addresses)
+
+    def _check_limits(self) -> None:
+        if not 0 <= self.max_sessions_per_key <= self.max_sessions:
+            raise ValueError("max_sessions_per_key must be between 0 (no per-key limit) and max_sessions")
+        if not 1024 <= self.max_append_bytes <= 64 * 1024 * 1024:
+            raise ValueError("max_append_bytes must be between 1 KiB and 64 MiB")
+        if self.max_request_bytes < self.max_upload_bytes + 64 * 1024:
+            raise ValueError(f"max_request_bytes ({self.max_request_bytes}) must exceed max_upload_bytes "
+                             f"({self.max_upload_bytes}) by at least 64 KiB (the multipart envelope): raise "
+                             "VOXLINE_MAX_REQUEST_BYTES too")
+        for name, low, high in (("max_input_buffer_s", 1.0, 3600.0), ("max_session_s", 1.0, 7 * 86400.0),
+                                ("send_timeout_s", 0.05, 600.0), ("max_upload_audio_s", 1.0, 86400.0),
+                                ("shutdown_timeout_s", 0.0, 600.0)):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be between {low:g} and {high:g} seconds")
+        if not (self.idle_timeout_s == 0 or 0.05 <= self.idle_timeout_s <= 86400):
+            raise ValueError("idle_timeout_s must be 0 (never) or between 0.05 and 86400 seconds")
+        if not 256 <= self.max_queued_events <= 1_000_000:  # above the stream lane's own 64 (realtime/outbox.py)
+            raise ValueError("max_queued_events must be between 256 and 1000000")
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -60,7 +138,7 @@ class Settings:
             raw = os.environ.get(f"VOXLINE_{f.name.upper()}")
             if raw is None:
                 continue
-            if f.name in ("api_keys", "allowed_origins"):
+            if f.name in ("api_keys", "allowed_origins", "ice_host_addresses"):
                 values[f.name] = tuple(k for k in raw.split(",") if k)
             elif f.type in ("int", int):
                 values[f.name] = int(raw)

@@ -11,6 +11,8 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
+from realtime.protocol import JSONTextError, load_json
+
 FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
 MAX_FRAME_TEXT = 64 * 1024  # a media frame is ~300 bytes; anything this big is not Twilio
 
@@ -95,8 +97,8 @@ def parse(text: str) -> InboundEvent:
     if len(text) > MAX_FRAME_TEXT:
         raise TwilioProtocolError("frame_too_large", f"frame of {len(text)} characters")
     try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = load_json(text)
+    except JSONTextError as exc:
         raise TwilioProtocolError("invalid_json", f"malformed JSON: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
         raise TwilioProtocolError("invalid_frame", "a frame must be a JSON object with a string 'event'")

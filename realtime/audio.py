@@ -131,7 +131,8 @@ def parse_format(value: object) -> AudioFormat:
                              "(GA: audio/pcm, audio/pcmu, audio/pcma)")
         return fmt
     if isinstance(value, dict):
-        fmt = _BY_GA.get(value.get("type"))  # type: ignore[arg-type]
+        kind = value.get("type")
+        fmt = _BY_GA.get(kind) if isinstance(kind, str) else None  # a list here once raised TypeError (fuzz)
         if fmt is None:
             raise ValueError(f"unsupported audio format type {value.get('type')!r}; use audio/pcm, audio/pcmu "
                              "or audio/pcma")

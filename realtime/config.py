@@ -187,7 +187,8 @@ def parse_tool_choice(value: object, where: str) -> str:
     if isinstance(value, str) and value in ("auto", "none", "required"):
         return value
     if isinstance(value, dict) and value.get("type") == "function":
-        name = value.get("name") or (value.get("function") or {}).get("name")
+        function = value.get("function")  # the chat-completions shape; anything but an object is ignored
+        name = value.get("name") or (function.get("name") if isinstance(function, dict) else None)
         if isinstance(name, str) and name:
             return name
     raise ConfigError(f"'{where}' must be auto, none, required or {{\"type\": \"function\", \"name\": …}}", where)

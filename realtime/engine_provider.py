@@ -8,6 +8,10 @@ Looked up in this order, so whoever wires the app decides and tests can inject a
 A Realtime model name that is not a chat model id (`gpt-realtime`, `gpt-4o-realtime-preview`, …) selects
 the default LLM. Returns None when no engine can be had (the response then ends `failed` with a clear
 message). Blocking (a first load takes seconds): call it from a worker thread.
+
+`pipeline_kind(models)` says which response pipeline the process serves: the cascade (ASR → this LLM →
+TTS) or the unified audio LLM (`Settings.pipeline = "unified"`, models from `models.unified()`), which
+needs no chat engine at all.
 """
 
 from __future__ import annotations
@@ -56,3 +60,11 @@ def engine_unavailable_reason() -> str | None:
     except ImportError as exc:
         return f"runtime.llm is not importable: {exc}"
     return None
+
+
+def pipeline_kind(models) -> str:
+    """Which response pipeline a session runs: "unified" (audio LLM, `Settings.pipeline`) or "cascade"."""
+    kind = getattr(getattr(models, "settings", None), "pipeline", None) or "cascade"
+    if kind not in ("cascade", "unified"):
+        raise ValueError(f"unknown pipeline {kind!r}; choose cascade or unified")
+    return kind

@@ -7,6 +7,11 @@
 The writer always drains the urgent lane first. `drop(response_id)` removes a cancelled response's queued
 events and refuses its later ones, so once `response.done{cancelled}` is queued no audio of that response
 can follow it.
+
+Both lanes together are bounded (`max_queued`): a response's audio producer already waits for room in
+the stream lane, but text deltas and every urgent event are produced by the model or by the client's own
+requests. A client that keeps sending but does not read would make them pile up; past the bound the
+outbox stops queueing and reports it once (`on_overflow`), and the edge drops the client.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ from realtime.protocol import ServerEvent
 
 log = logging.getLogger(__name__)
 MAX_STREAM_QUEUE = 64  # queued stream events before a response's producer waits for the socket
+MAX_QUEUED_EVENTS = 2048  # both lanes: beyond this the client is not reading (Settings.max_queued_events)
 
 
 class Outbox:
     def __init__(self, send: Callable[[ServerEvent], Awaitable[None]],
-                 on_sent: Callable[[ServerEvent], None] | None = None):
+                 on_sent: Callable[[ServerEvent], None] | None = None, *, max_queued: int = MAX_QUEUED_EVENTS,
+                 on_overflow: Callable[[int], None] | None = None):
         self._send, self._on_sent = send, on_sent
+        self.max_queued, self._on_overflow = max_queued, on_overflow
+        self.overflowed = False
         self._urgent: deque[ServerEvent] = deque()
         self._stream: deque[ServerEvent] = deque()
         self._dropped: set[str] = set()
@@ -35,7 +44,15 @@ class Outbox:
         self.sent = 0
 
     def put(self, event: ServerEvent, urgent: bool) -> None:
+        if self.overflowed:
+            return  # the client is being dropped: nothing more is kept for it
         if event.response_id is not None and event.response_id in self._dropped and not urgent:
+            return
+        if len(self._urgent) + len(self._stream) >= self.max_queued:
+            self.overflowed = True
+            log.warning("outbox: %d events wait for a client that is not reading", self.max_queued)
+            if self._on_overflow is not None:
+                self._on_overflow(self.max_queued)
             return
         (self._urgent if urgent else self._stream).append(event)
         if len(self._stream) >= MAX_STREAM_QUEUE:
@@ -53,6 +70,10 @@ class Outbox:
     async def room(self) -> None:
         """Wait until the stream lane has room (a slow reader holds the producer back, not the server)."""
         await self._room.wait()
+
+    @property
+    def queued(self) -> int:
+        return len(self._urgent) + len(self._stream)
 
     def _update_room(self) -> None:
         if len(self._stream) < MAX_STREAM_QUEUE // 2:

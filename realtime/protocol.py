@@ -14,6 +14,7 @@ import base64
 import binascii
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -21,7 +22,6 @@ from realtime.config import SessionConfig, session_to_beta, session_to_ga
 from realtime.items import Item, item_to_wire
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # decoded audio per input_audio_buffer.append (OpenAI's limit)
-_MAX_APPEND_B64 = (MAX_APPEND_BYTES + 2) // 3 * 4
 
 
 class Dialect(Enum):
@@ -112,13 +112,58 @@ def _string(msg: dict, key: str, event_id: str | None, required: bool = True) ->
     return value
 
 
-def parse_client_event(text: str | bytes) -> ClientEvent:
-    """One WebSocket text message → a typed client event. Raises ProtocolError."""
+class JSONTextError(ValueError):
+    """Text that is not strict JSON we accept. The message says what is wrong."""
+
+
+MAX_JSON_DEPTH = 64  # objects/arrays nested deeper than this are refused (later deep copies would recurse)
+
+
+def _reject_constant(name: str) -> object:
+    raise JSONTextError(f"{name} is not valid JSON (JSON numbers are finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONTextError(f"the number {text[:24]} is out of range")
+    return value
+
+
+def load_json(text: str | bytes) -> object:
+    """Strict JSON text → Python value, or JSONTextError — never anything else.
+
+    `json.loads` alone lets through NaN/Infinity and 1e999 (not JSON; echoed back in metadata they would make
+    our own output invalid), and
+    raises RecursionError for deep nesting and ValueError for integers past CPython's 4300-digit limit:
+    found by tests/fuzz, each a crash of the session that received it."""
     try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        detail = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise ProtocolError(f"the message is not valid JSON: {detail}", code="invalid_json") from None
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except JSONTextError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JSONTextError(f"{exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise JSONTextError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:  # bad UTF-8; an integer too long to convert
+        raise JSONTextError(str(exc).split(";")[0]) from None
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise JSONTextError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return value
+
+
+def parse_client_event(text: str | bytes, max_audio_bytes: int = MAX_APPEND_BYTES) -> ClientEvent:
+    """One WebSocket text message → a typed client event. Raises ProtocolError.
+    `max_audio_bytes` caps the decoded audio of one `input_audio_buffer.append` (the server's setting)."""
+    try:
+        msg = load_json(text)
+    except JSONTextError as exc:
+        raise ProtocolError(f"the message is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(msg, dict):
         raise ProtocolError("an event must be a JSON object", code="invalid_event")
     event_id = msg.get("event_id") if isinstance(msg.get("event_id"), str) else None
@@ -131,7 +176,7 @@ def parse_client_event(text: str | bytes) -> ClientEvent:
             raise ProtocolError("'session' must be an object", param="session", event_id=event_id)
         return SessionUpdate(event_id, session)
     if kind == "input_audio_buffer.append":
-        return AudioAppend(event_id, _decode_audio_b64(msg.get("audio"), event_id, "audio"))
+        return AudioAppend(event_id, _decode_audio_b64(msg.get("audio"), event_id, "audio", max_audio_bytes))
     if kind == "input_audio_buffer.commit":
         return AudioCommit(event_id)
     if kind == "input_audio_buffer.clear":
@@ -166,20 +211,24 @@ def parse_client_event(text: str | bytes) -> ClientEvent:
                         code="unknown_event_type", param="type", event_id=event_id)
 
 
-def _decode_audio_b64(value: object, event_id: str | None, param: str) -> bytes:
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n} bytes"
+
+
+def _decode_audio_b64(value: object, event_id: str | None, param: str, limit: int = MAX_APPEND_BYTES) -> bytes:
     if not isinstance(value, str):
         raise ProtocolError(f"'{param}' must be a base64 string", param=param, event_id=event_id)
-    if len(value) > _MAX_APPEND_B64 + 4:
-        raise ProtocolError(f"the audio is larger than {MAX_APPEND_BYTES // (1024 * 1024)} MiB; send it in "
-                            "smaller appends", code="audio_too_large", param=param, event_id=event_id)
+    if len(value) > (limit + 2) // 3 * 4 + 4:
+        raise ProtocolError(f"the audio is larger than {_size(limit)}; send it in smaller appends",
+                            code="audio_too_large", param=param, event_id=event_id)
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError(f"'{param}' is not valid base64", code="invalid_base64", param=param,
                             event_id=event_id) from None
-    if len(data) > MAX_APPEND_BYTES:
-        raise ProtocolError(f"the audio is larger than {MAX_APPEND_BYTES // (1024 * 1024)} MiB", code="audio_too_large",
-                            param=param, event_id=event_id)
+    if len(data) > limit:
+        raise ProtocolError(f"the audio is larger than {_size(limit)}; send it in smaller appends",
+                            code="audio_too_large", param=param, event_id=event_id)
     return data
 
 

@@ -4,6 +4,9 @@ The runner owns every task of the session (all named `rt:<session id>:…`) and 
 them all, so a disconnect leaves nothing running. Transcriptions and sentence synthesis run on small pools of
 their own (sized so decodes do not oversubscribe the cores, and so a short sentence never queues behind a
 long decode); the LLM is the shared `ChatEngine`. The runner never decides anything: it asks the session.
+With `Settings.pipeline = "unified"` (`engine_provider.pipeline_kind`) the same commands run the unified
+path instead (`realtime.unified_pipeline`): turns are tokenized, not transcribed, and responses are decoded
+by the audio LLM and vocoded (`realtime.unified_response`); the runner then uses no chat engine, ASR or TTS.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
-from realtime.outbox import Outbox
+from realtime.engine_provider import pipeline_kind
+from realtime.outbox import MAX_QUEUED_EVENTS, Outbox
 from realtime.pipeline import PipelineOptions, ResponseRun
 from realtime.protocol import (
+    MAX_APPEND_BYTES,
     AudioAppend,
     Dialect,
     ProtocolError,
@@ -78,8 +83,13 @@ class SessionRunner:
                  engine: ChatEngine | Callable[[], Awaitable[ChatEngine | None]] | None,
                  send: Callable[[dict], Awaitable[None]], dialect: Dialect = Dialect.GA,
                  on_turn_latency: Callable[[float, str], None] | None = None,
-                 options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter):
+                 options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter,
+                 *, max_append_bytes: int = MAX_APPEND_BYTES, max_queued_events: int = MAX_QUEUED_EVENTS,
+                 on_backlog: Callable[[int], None] | None = None):
+        """`max_append_bytes` caps one append's decoded audio; `on_backlog(n)` is called once if more
+        than `max_queued_events` events wait for the client (it is not reading: the edge drops it)."""
         self.session, self.models = session, models
+        self.max_append_bytes = max_append_bytes
         # `engine` is the engine itself, or an async loader (the first load can take a while: the session
         # opens at once and its first response waits for the load).
         self._engine_loader = engine if callable(engine) and not isinstance(engine, ChatEngine) else None
@@ -88,18 +98,26 @@ class SessionRunner:
         self.serializer = Serializer(dialect, session.id)
         self.options, self.clock = options or PipelineOptions(), clock
         self._send, self._on_turn_latency = send, on_turn_latency
-        self.outbox = Outbox(self._write, self._sent)
+        self.outbox = Outbox(self._write, self._sent, max_queued=max_queued_events, on_overflow=on_backlog)
         self.tasks: set[asyncio.Task] = set()
         self.responses: dict[str, asyncio.Task] = {}
         self.transcripts: dict[str, asyncio.Task] = {}  # item id → task that records its transcript
         self.speculative: dict[tuple[int, int], asyncio.Future] = {}
         self.turn_latencies: list[float] = []
         self.closed = False
+        # The unified audio-LLM path (Settings.pipeline): its per-session state; None = the cascade.
+        self.unified = None
+        if pipeline_kind(models) == "unified":
+            from realtime.unified_pipeline import UnifiedSession
+
+            self.unified = UnifiedSession(session.id, models.unified)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._spawn(self.outbox.run(), "writer")
-        if self._engine_loader is not None:
+        if self.unified is not None:
+            self.unified.start()  # the unified path needs no chat engine: load its models instead
+        elif self._engine_loader is not None:
             self._engine_future = asyncio.ensure_future(self._engine_loader())
             self._engine_future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.execute(self.session.start())
@@ -124,6 +142,8 @@ class SessionRunner:
         self.transcripts.clear()
         self.speculative.clear()
         self.responses.clear()
+        if self.unified is not None:
+            self.unified.close()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until every queued event has been written (used before a graceful close)."""
@@ -150,10 +170,19 @@ class SessionRunner:
         `APPEND_SLICE_S` with a yield between them, so VAD over it never stalls the event loop that every
         session's audio and control events share."""
         try:
-            event = parse_client_event(text)
+            event = parse_client_event(text, self.max_append_bytes)
         except ProtocolError as exc:
             self.execute([Send(error_event(exc))])
             return
+        try:
+            await self._handle(event)
+        except Exception:  # a bug must cost this one event, not the session (tests/fuzz hunts for them)
+            log.exception("[%s] handling %s failed", self.session.id, type(event).__name__)
+            self.execute([Send(error_event(ProtocolError(
+                "the server failed to handle this event; it was skipped", code="internal_error",
+                type="server_error", event_id=event.event_id)))])
+
+    async def _handle(self, event) -> None:
         if isinstance(event, AudioAppend):
             fmt = self.session.config.input_format
             size = int(fmt.rate * APPEND_SLICE_S) * fmt.bytes_per_sample
@@ -161,12 +190,42 @@ class SessionRunner:
                 for i in range(0, len(event.audio), size):
                     piece = AudioAppend(event.event_id, event.audio[i:i + size])
                     self.execute(self.session.handle(piece, self.clock()))
+                    self._appended()
                     await asyncio.sleep(0)
                 return
         self.execute(self.session.handle(event, self.clock()))
+        if isinstance(event, AudioAppend):
+            self._appended()
+
+    def _appended(self) -> None:
+        if self.unified is not None:  # the unified path encodes the user's turn while it is spoken
+            self.unified.audio_appended(self.session)
 
     def protocol_error(self, exc: ProtocolError) -> None:
         self.execute([Send(error_event(exc))])
+
+    def shutdown(self, code: str = "server_shutdown", message: str = "the server is shutting down") -> None:
+        """The session is about to close (server shutdown): the response in progress ends now with
+        `response.done{cancelled}` and every pending transcription with `…transcription.failed`, so the
+        client gets a closing event for everything it started. Follow with `drain()` and `close()`."""
+        for task in list(self.transcripts.values()):  # a result arriving now would follow its failure
+            task.cancel()
+        self.execute(self.session.shutdown(code, message))
+
+    def _response_ended(self, response_id: str, task: asyncio.Task) -> None:
+        """A response task is over. If the session still has that response live, the task was cancelled
+        from outside or died without finishing it: finish it here, so `response.created` still gets its
+        `response.done` and the session can answer again."""
+        self.responses.pop(response_id, None)
+        if self.closed or self.session.live(response_id) is None:
+            return
+        if task.cancelled():
+            self.execute(self.session.response_finish(response_id, "cancelled"))
+        else:
+            error = task.exception()
+            self.execute(self.session.response_finish(response_id, "failed", error={
+                "type": "server_error", "code": "response_failed",
+                "message": f"{type(error).__name__}: {error}" if error else "the response ended unfinished"}))
 
     # ---- execution -----------------------------------------------------------------------------------
     def execute(self, commands: list[Command]) -> None:
@@ -181,20 +240,30 @@ class SessionRunner:
                 if task is not None:
                     task.cancel()
             elif isinstance(cmd, StartResponse):
-                tts_pool = getattr(self.models, "tts_executor", None) or _TTS_POOL
-                run = ResponseRun(cmd.response_id, cmd.wait_for, self.session, self.engine, self._tts(),
-                                  tts_pool, self.execute, self._wait_transcripts, self.outbox.room, self.options)
+                if self.unified is not None:
+                    from realtime.unified_response import UnifiedResponseRun
+
+                    run = UnifiedResponseRun(cmd.response_id, cmd.wait_for, self.session, self.unified, self.execute,
+                                             self._wait_transcripts, self.outbox.room, self.options)
+                else:
+                    tts_pool = getattr(self.models, "tts_executor", None) or _TTS_POOL
+                    run = ResponseRun(cmd.response_id, cmd.wait_for, self.session, self.engine, self._tts(),
+                                      tts_pool, self.execute, self._wait_transcripts, self.outbox.room, self.options)
                 task = self._spawn(run.run(), f"response:{cmd.response_id}")
                 self.responses[cmd.response_id] = task
-                task.add_done_callback(lambda _t, rid=cmd.response_id: self.responses.pop(rid, None))
+                task.add_done_callback(lambda t, rid=cmd.response_id: self._response_ended(rid, t))
             elif isinstance(cmd, Transcribe):
                 fut = self.speculative.pop(cmd.key, None) if cmd.key is not None else None
-                if fut is None:
+                if self.unified is not None:  # the turn becomes audio ids, not text
+                    fut = self.unified.transcribe(cmd, self.session)
+                elif fut is None:
                     fut = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
                 task = self._spawn(self._finish_transcript(cmd, fut), f"asr:{cmd.item_id}")
                 self.transcripts[cmd.item_id] = task
                 task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
             elif isinstance(cmd, Speculate):
+                if self.unified is not None:
+                    continue  # the unified encoder already follows the turn as it is spoken
                 # One speculative decode at a time: on 2 cores a wasted one (the speaker went on) costs as
                 # much as the real one, so a pause inside speech while one runs does not start another.
                 if any(not f.done() for f in self.speculative.values()):

@@ -128,12 +128,13 @@ class ResponseState:
 
 
 class RealtimeSession:
-    def __init__(self, session_id: str, vad, config: SessionConfig | None = None):
+    def __init__(self, session_id: str, vad, config: SessionConfig | None = None, *,
+                 max_buffer_seconds: float = 600.0):
         self.id = session_id
         self.vad = vad
         self.config = config or SessionConfig()
         self.conversation = Conversation()
-        self.buffer = InputBuffer()
+        self.buffer = InputBuffer(max_buffer_seconds)
         self.decoder = InputDecoder(self.config.input_format)
         self.detector = self._new_detector()
         self.speech_item_id: str | None = None  # announced in speech_started, used when the turn commits
@@ -212,13 +213,16 @@ class RealtimeSession:
             audio = self.decoder(ev.audio)
         except AudioFormatError as exc:
             raise ProtocolError(str(exc), code="invalid_audio", param="audio") from None
-        if self.detector is None and self.buffer.full(len(audio)):
-            raise ProtocolError("the input audio buffer is full (10 minutes); commit or clear it",
-                                code="input_audio_buffer_full", param="audio")
+        out: list[Command] = []
+        if self.buffer.full(len(audio)):
+            if self.detector is None:
+                limit = self.buffer.max_samples / INTERNAL_RATE
+                raise ProtocolError(f"the input audio buffer is full ({limit:g} s); commit or clear it",
+                                    code="input_audio_buffer_full", param="audio")
+            out += self._force_turn_end()
         self.buffer.append(audio, now)
         if self.detector is None:
-            return []
-        out: list[Command] = []
+            return out
         for turn in self.detector.push(audio):
             if isinstance(turn, SpeechStarted):
                 out += self._speech_started(turn)
@@ -228,6 +232,19 @@ class RealtimeSession:
                 out += self._speech_stopped(turn)
         if self.detector is not None:
             self.buffer.drop_before(self.detector.keep_from())
+        return out
+
+    def _force_turn_end(self) -> list[Command]:
+        """Server VAD heard speech as long as the whole input buffer (noise, or a speaker who never
+        pauses): commit that much as a turn now, as if it had ended, rather than grow without bound."""
+        detector = self.detector
+        assert detector is not None
+        out: list[Command] = []
+        if detector.in_speech and detector.speech_start is not None:
+            log.info("[%s] a turn reached the input buffer limit: committed as it is", self.id)
+            out = self._speech_stopped(SpeechStopped(detector.speech_start, self.buffer.total))
+        self.buffer.clear()
+        self.detector = self._new_detector()  # starts at the current end of the buffer
         return out
 
     # ---- turns -------------------------------------------------------------------------------------
@@ -417,6 +434,23 @@ class RealtimeSession:
         if st is None:
             return []
         return [CancelResponse(st.id)] + self.response_finish(st.id, "cancelled", reason=reason)
+
+    def shutdown(self, code: str, message: str) -> list[Command]:
+        """The session is about to end (server shutdown): cancel the response in progress — its
+        `response.done{cancelled}` carries `status_details.error{code, message}` (the protocol's reasons
+        are all client-side) — and fail every transcription still pending. Afterwards every
+        `response.created` has had its `response.done` and every committed item its transcript event."""
+        out: list[Command] = []
+        self.pending_auto_response = False
+        st = self.active
+        if st is not None:
+            out += [CancelResponse(st.id)]
+            out += self.response_finish(st.id, "cancelled", error={"type": "server_error", "code": code,
+                                                                   "message": message})
+        emit = self.config.transcription is not None
+        for item_id in sorted(self.pending_transcripts):
+            out += self.transcription_failed(item_id, message, emit)
+        return out
 
     # ---- responses: what the pipeline reports --------------------------------------------------------
     def live(self, response_id: str) -> ResponseState | None:

@@ -1,0 +1,289 @@
+"""One response on the unified path, executed: prompt ids → audio LLM (MTP) → VocoderSession → audio deltas.
+
+The decode thread runs `runtime.generate.generate` over the session's batch-1 engine; every step's ids
+go straight into the response's `VocoderSession` (first chunk after one 120 ms group, then every four),
+and each chunk of 16 kHz audio crosses to the event loop through an `_AudioChannel`. The loop side is
+the cascade's output path: the session's `OutputEncoder` format, `delta_ms` pieces paced `lead_ms` ahead
+of playback, `session.response_audio` → runner → outbox → the transport's serializer.
+
+Back-pressure: decoding stops `lead_ms + ahead_ms` of audio ahead of what has been sent, so a barge-in
+never finds seconds of speech computed for nothing. Cancellation (barge-in, `response.cancel`, a closed
+socket) cancels the task; its `finally` stops the channel, which the decode thread checks after every
+step, and waits for that thread to leave — generation and vocoding end within one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from realtime.audio import OutputEncoder
+from realtime.pipeline import PipelineOptions
+from realtime.session import Command, RealtimeSession
+from realtime.unified_pipeline import UnifiedSession, UnifiedStack
+from runtime.generate import generate
+from runtime.sampling import SamplingParams
+from tokenizer.interleave import GROUP_SIZE
+from vocoder.model import VocoderSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnifiedTurnStats:
+    """What one response cost (read by `voxline pipeline`, bench/pipeline.py and the tests)."""
+
+    n_draft: int
+    sample_rate: int  # of `audio_samples` (the vocoder's)
+    prompt_tokens: int = 0
+    audio_tokens: int = 0  # answer ids (whole groups; the end id is not counted)
+    steps: int = 0  # verify steps after the prompt's forward
+    step_tokens: int = 0  # ids those steps committed
+    llm_s: float = 0.0  # prompt forward + decode steps
+    vocoder_s: float = 0.0
+    audio_samples: int = 0
+    finish: str = ""  # stop | length | capacity | cancelled
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.step_tokens / max(self.steps, 1)
+
+    @property
+    def audio_s(self) -> float:
+        return self.audio_samples / self.sample_rate
+
+    @property
+    def compute_s(self) -> float:
+        return self.llm_s + self.vocoder_s
+
+    @property
+    def rtf(self) -> float:
+        """Decode + vocoder compute per second of audio produced."""
+        return self.compute_s / self.audio_s if self.audio_samples else float("nan")
+
+
+class _Stopped(Exception):
+    """The response was cancelled: raised in the decode thread to leave `generate`."""
+
+
+class _AudioChannel:
+    """Decode thread → event loop: audio chunks in order, with back-pressure and a stop flag."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ahead_samples: int):
+        self.loop, self.ahead = loop, ahead_samples
+        self.queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._cond = threading.Condition()
+        self.produced = self.consumed = 0
+        self.stopped = False
+
+    # decode thread
+    def check(self) -> None:
+        if self.stopped:
+            raise _Stopped
+
+    def put(self, pcm: np.ndarray) -> float:
+        """Hand a chunk over once the listener is close enough; returns the seconds spent waiting."""
+        t0 = time.perf_counter()
+        with self._cond:
+            while not self.stopped and self.produced - self.consumed > self.ahead:
+                self._cond.wait()
+            self.check()
+            self.produced += len(pcm)
+        self._to_loop(pcm)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._to_loop(None)
+
+    def _to_loop(self, item: np.ndarray | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (process shutting down)
+            pass
+
+    # event loop
+    def sent(self, samples: int) -> None:
+        with self._cond:
+            self.consumed += samples
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self.stopped = True
+            self._cond.notify_all()
+
+
+def _int16(audio) -> np.ndarray:
+    return (np.clip(audio.numpy(), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def decode_answer(unified: UnifiedSession, stack: UnifiedStack, prompt: list[int], max_new: int,
+                  params: SamplingParams, seed: int, channel: _AudioChannel, generated: list[int],
+                  stats: UnifiedTurnStats) -> None:
+    """Decode thread: generate the answer, vocode it as it comes, hand the audio to `channel`."""
+    end = stack.fmt.end
+    waited = voc_s = 0.0
+    calls = 0
+    t0 = time.perf_counter()
+    try:
+        engine = unified.engine(stack)
+        engine.model.constraint.start.fill_(len(prompt))  # the answer's first id sits right after the prompt
+        engine.generator.manual_seed(seed)
+        voc = VocoderSession(stack.vocoder, seed=seed, schedule=stack.schedule, layout=stack.layout)
+
+        def emit(pcm) -> None:
+            nonlocal waited
+            if pcm.numel():
+                stats.audio_samples += pcm.numel()
+                waited += channel.put(_int16(pcm))
+
+        def on_tokens(_i: int, new: list[int]) -> None:
+            nonlocal calls, voc_s
+            channel.check()
+            calls += 1
+            if calls > 1:
+                stats.steps += 1
+                stats.step_tokens += len(new)
+            ids = [t for t in new if t != end]
+            generated.extend(ids)
+            stats.audio_tokens = len(generated)
+            if ids:
+                t = time.perf_counter()
+                pcm = voc.push(ids)
+                voc_s += time.perf_counter() - t
+                emit(pcm)
+
+        try:
+            res = generate(engine, [prompt], params, max_new_tokens=max_new, stop_ids=(end,), on_tokens=on_tokens)
+            stats.finish = res.finish[0]
+            t = time.perf_counter()
+            tail = voc.finish()
+            voc_s += time.perf_counter() - t
+            emit(tail)
+        except _Stopped:
+            stats.finish = "cancelled"
+    finally:
+        stats.vocoder_s = voc_s
+        stats.llm_s = time.perf_counter() - t0 - waited - voc_s
+        channel.close()
+
+
+class UnifiedResponseRun:
+    """Runs response `response_id` of `session` on the unified path (the counterpart of `ResponseRun`)."""
+
+    def __init__(self, response_id: str, wait_for: tuple[str, ...], session: RealtimeSession,
+                 unified: UnifiedSession, execute: Callable[[list[Command]], None],
+                 wait_transcripts: Callable[[tuple[str, ...]], Awaitable[None]],
+                 room: Callable[[], Awaitable[None]], options: PipelineOptions | None = None):
+        self.id, self.wait_for, self.session, self.unified = response_id, wait_for, session, unified
+        self.execute, self.wait_transcripts, self.room = execute, wait_transcripts, room
+        self.options = options or PipelineOptions()
+        self.item_id: str | None = None  # the assistant message, once the first audio opened it
+        self._clock: float | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.wait_transcripts(self.wait_for)
+            st = self.session.live(self.id)
+            if st is None:
+                return  # cancelled while waiting
+            if not st.options.audio_out:
+                self._fail("audio_only", "the unified pipeline answers in audio only: request output "
+                                         "modalities [\"audio\"]")
+                return
+            try:
+                stack = await self.unified.stack()
+            except Exception as exc:
+                log.exception("[%s] the unified models could not be loaded", self.session.id)
+                self._fail("models_unavailable", f"the unified models could not be loaded: {type(exc).__name__}: {exc}")
+                return
+            stats, client_limited = await self._respond(stack)
+            if stats is None:
+                return
+            usage = (stats.prompt_tokens, stats.audio_tokens)
+            if stats.finish == "length" and client_limited:
+                self.execute(self.session.response_finish(self.id, "incomplete", reason="max_output_tokens",
+                                                          usage=usage))
+            else:
+                self.execute(self.session.response_finish(self.id, "completed", usage=usage))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("[%s] response %s failed", self.session.id, self.id)
+            self._fail("response_failed", f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, code: str, message: str) -> None:
+        self.execute(self.session.response_finish(self.id, "failed", error={
+            "type": "server_error", "code": code, "message": message}))
+
+    async def _respond(self, stack: UnifiedStack) -> tuple[UnifiedTurnStats | None, bool]:
+        st = self.session.live(self.id)
+        if st is None:
+            return None, False
+        opts = stack.options
+        client_cap = st.options.max_tokens // GROUP_SIZE * GROUP_SIZE
+        max_new = min(opts.max_audio_tokens, client_cap)
+        prompt = self.unified.prompt(st, self.session, stack, max_new)
+        stats = UnifiedTurnStats(n_draft=opts.n_draft, sample_rate=stack.sample_rate, prompt_tokens=len(prompt))
+        self.unified.stats[self.id] = stats
+        if max_new == 0:
+            stats.finish = "length"
+            return stats, True
+        loop = asyncio.get_running_loop()
+        ahead = (self.options.lead_ms + opts.ahead_ms) * stack.sample_rate // 1000
+        channel = _AudioChannel(loop, ahead)
+        params = SamplingParams(temperature=st.options.temperature)
+        generated: list[int] = []
+        worker = loop.run_in_executor(self.unified.decode_pool, decode_answer, self.unified, stack, prompt, max_new,
+                                      params, self.unified.next_seed(stack), channel, generated, stats)
+        try:
+            await self._stream(channel, st.options.output_format, stack.sample_rate)
+            await worker  # raises what the decode thread raised
+        finally:
+            channel.stop()
+            if not worker.done():
+                await asyncio.wait([worker])
+            if self.item_id is not None:
+                self.unified.replies[self.item_id] = list(generated)
+        return stats, client_cap < opts.max_audio_tokens
+
+    async def _stream(self, channel: _AudioChannel, fmt, rate: int) -> None:
+        encoder = OutputEncoder(fmt, rate)
+        bytes_per_ms = fmt.rate * fmt.bytes_per_sample / 1000
+        chunk = int(bytes_per_ms * self.options.delta_ms) // fmt.bytes_per_sample * fmt.bytes_per_sample
+        position = 0.0
+        while (pcm := await channel.queue.get()) is not None:
+            data = encoder(pcm)
+            for offset in range(0, len(data), chunk):
+                piece = data[offset:offset + chunk]
+                await self._pace(position)
+                await self.room()
+                position = self._send(piece, position, bytes_per_ms)
+            channel.sent(len(pcm))
+        tail = encoder(np.zeros(0, np.int16), last=True)
+        if tail:
+            self._send(tail, position, bytes_per_ms)
+
+    def _send(self, piece: bytes, position: float, bytes_per_ms: float) -> float:
+        duration = len(piece) / bytes_per_ms
+        self.execute(self.session.response_audio(self.id, piece, position, duration))
+        if self.item_id is None:
+            st = self.session.live(self.id)
+            if st is not None and st.message is not None:
+                self.item_id = st.message.id
+        return position + duration
+
+    async def _pace(self, start_ms: float) -> None:
+        """As the cascade: audio starting at `start_ms` leaves `lead_ms` before it plays."""
+        now = asyncio.get_running_loop().time()
+        if self._clock is None or now > self._clock + start_ms / 1000:
+            self._clock = now - start_ms / 1000
+        wait = self._clock + (start_ms - self.options.lead_ms) / 1000 - now
+        if wait > 0:
+            await asyncio.sleep(wait)
