@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(run=_pipeline)
 
     for name, module, text in (("train-codebook", "tokenizer.train_codebook", "train the linguistic k-means codebook"),
-                               ("train-mtp", "runtime.train_mtp", "train MTP heads of a runtime model by self-distillation"),
+                               ("train-mtp", "runtime.train_mtp", "train MTP heads by self-distillation (a runtime model, or --model whisper-base)"),
                                ("train-llm-mtp", "runtime.llm.mtp", "train an MTP head for the embedded chat LLM")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -196,13 +196,25 @@ _DELEGATED = {"train-codebook": "tokenizer.train_codebook", "train-mtp": "runtim
               "train-llm-mtp": "runtime.llm.mtp"}
 
 
+def _whisper_model(rest: list[str]) -> bool:
+    """``train-mtp --model whisper-*`` trains the Whisper decoder's heads, not a runtime model's."""
+    for i, arg in enumerate(rest):
+        value = rest[i + 1] if arg == "--model" and i + 1 < len(rest) else arg.partition("--model=")[2]
+        if value.startswith("whisper"):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _DELEGATED:  # their own parsers own every flag, --help included
         import importlib
 
-        return importlib.import_module(_DELEGATED[argv[0]]).main(argv[1:]) or 0
+        module = _DELEGATED[argv[0]]
+        if argv[0] == "train-mtp" and _whisper_model(argv[1:]):
+            module = "asr.torch_whisper.train"  # MTP heads for the torch Whisper decoder
+        return importlib.import_module(module).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -107,6 +107,10 @@ class ModelHub:
         cards += llm_cards(created)
         cards.append({"id": "silero-vad", "object": "model", "created": created, "owned_by": "voxline",
                       "kind": "vad", "description": "Silero VAD (ONNX)"})
+        if self.settings.pipeline == "unified":
+            cards.append({"id": "voxline-unified-tiny", "object": "model", "created": created, "owned_by": "voxline",
+                          "kind": "realtime", "description": "unified audio LLM pipeline (dual-codebook tokenizer, "
+                          "MTP audio LLM, streaming vocoder), tiny preset with random weights: mechanics only"})
         return cards
 
     def resolve_asr_name(self, requested: str | None) -> str:

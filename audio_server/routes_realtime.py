@@ -66,7 +66,8 @@ async def realtime(ws: WebSocket) -> None:
         loop = asyncio.get_running_loop()
         try:
             vad = await loop.run_in_executor(hub.executor, hub.vad)
-            await loop.run_in_executor(hub.executor, hub.tts)
+            if hub.settings.pipeline != "unified":  # the unified model speaks through its own vocoder
+                await loop.run_in_executor(hub.executor, hub.tts)
         except Exception:
             log.exception("[%s] models failed to load", sock.id)
             await sock.send_json({"type": "error", "event_id": "event_load", "error": {

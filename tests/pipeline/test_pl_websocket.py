@@ -108,3 +108,12 @@ def test_beta_manual_commit_with_g711_output(unified_server):
     assert len(wire) == 8 * 960  # μ-law: one byte per 8 kHz sample, 960 per 120 ms group
     assert not events.of("response.output_audio.delta")
     assert events.of("conversation.item.input_audio_transcription.completed")[0].transcript.startswith("[unified")
+
+
+
+def test_models_lists_the_unified_pipeline(unified_server):
+    import httpx
+
+    cards = httpx.get(unified_server.base_url + "/v1/models", timeout=30).json()["data"]
+    unified = [c for c in cards if c["id"] == "voxline-unified-tiny"]
+    assert unified and "random weights" in unified[0]["description"]
