@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(run=_pipeline)
 
     for name, module, text in (("train-codebook", "tokenizer.train_codebook", "train the linguistic k-means codebook"),
-                               ("train-mtp", "runtime.train_mtp", "train MTP heads by self-distillation (a runtime model, or --model whisper-base)"),
+                               ("train-mtp", "runtime.train_mtp", "train MTP heads of a runtime model by self-distillation"),
                                ("train-llm-mtp", "runtime.llm.mtp", "train an MTP head for the embedded chat LLM")):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
