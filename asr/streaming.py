@@ -5,9 +5,10 @@ The caller feeds 16 kHz float32 audio as it arrives and receives typed events th
 in a thread pool; the event loop only does VAD bookkeeping. One decode per stream is in flight at a time,
 so partials never pile up behind each other: a partial is skipped while another decode runs.
 
-A final needs Whisper's full 30 s context (~0.7 s on 2 CPU cores). To meet "final within 1 s of the end of
-speech" we start that decode speculatively once `speculative_final_ms` of silence has passed; if the
-silence lasts to `silence_duration_ms` its result is the final, and if speech resumes it is discarded.
+A final is decoded in a 20.4 s window (`WhisperASR.transcribe_utterance`, ~0.35 s on 2 CPU cores for a short
+utterance). To meet "final within 1 s of the end of speech" that decode starts speculatively once
+`speculative_final_ms` of silence has passed; if the silence lasts to `silence_duration_ms` its result is the
+final, and if speech resumes it is discarded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from asr.vad import FRAME_SECONDS, SAMPLE_RATE, SileroVAD, SpeechSegmenter, VADConfig
-from asr.whisper_asr import DecodeOptions, WhisperASR
+from asr.whisper_asr import WhisperASR
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict], Awaitable[None]]
@@ -176,7 +177,7 @@ class StreamingTranscriber:
             self._busy = False
 
     def _decode_final(self, audio: np.ndarray) -> str:
-        return self.asr.transcribe(audio, DecodeOptions(language=self.config.language, timestamps=False)).text
+        return self.asr.transcribe_utterance(audio, self.config.language)
 
     async def _end_segment(self, end: float) -> None:
         start = self._seg_start

@@ -8,6 +8,12 @@ Two decode paths:
   encoder work for a 3 s segment. Whisper was trained on padded 30 s windows and can loop on short
   context, so the output length is capped and repeated n-grams are blocked; partials are provisional and
   every segment's text is settled by a full-context `final`.
+- `transcribe_utterance()`: the text of one VAD-segmented utterance (a streaming `final`, a realtime turn).
+  It encodes a 20.4 s window instead of 30 s: on this 2-core CPU CTranslate2's int8 encoder takes ~0.2 s for
+  2040 mel frames and ~0.5–0.6 s for 3000 (the cost jumps above 1024 encoder positions, 2048 frames), and
+  the window still leaves ≥ 5 s of silence after the speech. The text is the 30 s window's for most
+  utterances, with one-word differences either way on some (tests/test_asr_utterance.py prints them;
+  bench/RESULTS.md). Longer utterances, unknown language and repetition loops take the full 30 s path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,16 @@ from asr.embedded import EMBEDDED_WHISPER, whisper_model_dir
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
+FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
+WINDOW_FRAMES = 3000  # the 30 s window Whisper was trained on
+
+UTTERANCE_WINDOW_FRAMES = 2040  # the largest window below the encoder's cost jump at 2048 frames
+UTTERANCE_MIN_PADDING_S = 5.0
+#: faster-whisper's defaults: above this ratio the text is a repetition loop; a segment whose no-speech
+#: probability is above NO_SPEECH_THRESHOLD and whose mean log-probability is not above LOG_PROB_THRESHOLD is silence
+COMPRESSION_RATIO_LIMIT = 2.4
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,9 @@ class WhisperASR:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, name: str = "whisper-base", *, compute_type: str = "int8", cpu_threads: int = 2,
-                 model_dir: Path | None = None):
+                 model_dir: Path | None = None,
+                 utterance_window_s: float = UTTERANCE_WINDOW_FRAMES / FRAMES_PER_SECOND):
+        """`utterance_window_s`: see `transcribe_utterance`; 30 makes it faster-whisper's own decode."""
         from faster_whisper import WhisperModel
 
         self.name = name
@@ -86,6 +104,8 @@ class WhisperASR:
         self.model = WhisperModel(str(directory), device="cpu", compute_type=compute_type,
                                   cpu_threads=cpu_threads, num_workers=1)
         self.english_only = not self.model.model.is_multilingual
+        self.utterance_frames = min(WINDOW_FRAMES, int(round(utterance_window_s * FRAMES_PER_SECOND)))
+        self.utterance_fallbacks = 0  # utterances the short window could not settle (loops), for tests and logs
         self._tok_lock = threading.Lock()
         self._tokenizers: dict[str, object] = {}
 
@@ -154,3 +174,49 @@ class WhisperASR:
         )
         ids = [t for t in result[0].sequences_ids[0] if t < tok.eot]
         return tok.decode(ids).strip()
+
+    # ---- one utterance, short window --------------------------------------------------------------
+    def transcribe_utterance(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> str:
+        """Text of one speech segment (see module docstring); same decoding rules as `transcribe()`."""
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+        import ctranslate2
+
+        audio = np.asarray(audio, np.float32)
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds < 0.1:
+            return ""
+        language = "en" if self.english_only else language
+        full = DecodeOptions(language=language, prompt=prompt, timestamps=False)
+        window_s = self.utterance_frames / FRAMES_PER_SECOND
+        if (self.utterance_frames >= WINDOW_FRAMES or language is None
+                or seconds + UTTERANCE_MIN_PADDING_S > window_s):
+            return self.transcribe(audio, full).text
+        # The same features as faster-whisper's window: content frames, then zeros in the mel domain.
+        feats = self.model.feature_extractor(audio)[:, :-1]
+        feats = np.pad(feats, ((0, 0), (0, self.utterance_frames - feats.shape[1])))
+        feats = np.ascontiguousarray(feats[None], dtype=np.float32)
+        tok = self._tokenizer(language)
+        max_length = self.model.max_length
+        context = []
+        if prompt and prompt.strip():
+            context = [tok.sot_prev, *tok.encode(" " + prompt.strip())[-(max_length // 2 - 1):]]
+        result = self.model.model.generate(
+            ctranslate2.StorageView.from_array(feats),
+            [[*context, *tok.sot_sequence, tok.no_timestamps]],
+            beam_size=1,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tok.eot]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and not avg_logprob > LOG_PROB_THRESHOLD:
+            return ""
+        text = tok.decode(tokens).strip()
+        if text and get_compression_ratio(text) > COMPRESSION_RATIO_LIMIT:
+            self.utterance_fallbacks += 1
+            log.info("utterance of %.1fs looped in the short window; decoding it in 30 s", seconds)
+            return self.transcribe(audio, full).text
+        return text

@@ -35,7 +35,8 @@ class ModelHub:
             model = self._asr.get(name)
             if model is None:
                 t0 = time.perf_counter()
-                model = WhisperASR(name, cpu_threads=self.settings.asr_threads)
+                model = WhisperASR(name, cpu_threads=self.settings.asr_threads,
+                                   utterance_window_s=self.settings.asr_utterance_window_s)
                 self._asr[name] = model
                 log.info("loaded ASR %s in %.2fs", name, time.perf_counter() - t0)
             return model

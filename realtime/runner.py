@@ -278,8 +278,6 @@ class SessionRunner:
         return self.models.tts()
 
     def _asr(self, audio: np.ndarray, model: str, language: str | None, prompt: str | None) -> asyncio.Future:
-        from asr.whisper_asr import DecodeOptions
-
         name = None
         resolve = getattr(self.models, "resolve_asr_name", None)
         if resolve is not None:
@@ -287,10 +285,9 @@ class SessionRunner:
                 name = resolve(model)
             except ValueError:
                 log.info("[%s] transcription model %r unknown; using the default", self.session.id, model)
-        options = DecodeOptions(language=language or "en", prompt=prompt)
 
         def run() -> str:
-            return self.models.asr(name).transcribe(audio, options).text
+            return self.models.asr(name).transcribe_utterance(audio, language or "en", prompt)
 
         settings = getattr(self.models, "settings", None)
         pool = asr_pool(getattr(settings, "asr_threads", 2)) if settings is not None else self.models.executor

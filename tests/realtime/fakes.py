@@ -103,6 +103,9 @@ class CannedASR:
         self.calls += 1
         return _Transcript(self.texts.pop(0) if self.texts else "hello")
 
+    def transcribe_utterance(self, audio, language=None, prompt=None) -> str:
+        return self.transcribe(audio).text
+
 
 @dataclass
 class FakeModels:
