@@ -1,19 +1,19 @@
 """Whisper ASR on CTranslate2 (faster-whisper), loaded once and shared by every session.
 
-Two decode paths:
-- `transcribe()`: faster-whisper's full pipeline (30 s windows, timestamps, long-form). Used for files and
-  for each streaming segment's `final`.
+Three decode paths:
+- `transcribe()`: faster-whisper's full pipeline (30 s windows, timestamps, long-form). Used for files.
 - `transcribe_partial()`: a cheap provisional decode of a growing segment. CTranslate2's encoder accepts
   fewer than 3000 mel frames, so we encode only the audio we have (plus a little padding) — about 6× less
   encoder work for a 3 s segment. Whisper was trained on padded 30 s windows and can loop on short
   context, so the output length is capped and repeated n-grams are blocked; partials are provisional and
-  every segment's text is settled by a full-context `final`.
+  every segment's text is settled by a `final`.
 - `transcribe_utterance()`: the text of one VAD-segmented utterance (a streaming `final`, a realtime turn).
-  It encodes a 20.4 s window instead of 30 s: on this 2-core CPU CTranslate2's int8 encoder takes ~0.2 s for
-  2040 mel frames and ~0.5–0.6 s for 3000 (the cost jumps above 1024 encoder positions, 2048 frames), and
-  the window still leaves ≥ 5 s of silence after the speech. The text is the 30 s window's for most
-  utterances, with one-word differences either way on some (tests/test_asr_utterance.py prints them;
-  bench/RESULTS.md). Longer utterances, unknown language and repetition loops take the full 30 s path.
+  It encodes a 20.4 s window instead of 30 s: on this 2-core CPU CTranslate2's int8 encoder takes ~0.2 s
+  for 2040 mel frames and ~0.5–0.6 s for 3000 (the cost per frame doubles above 1024 encoder positions,
+  where one layer's 8 × N² float32 attention scores outgrow this CPU's 32 MiB L3), and the window still
+  leaves ≥ 5 s of silence after the speech. The text is the 30 s window's for most utterances, with a
+  word or two different either way on some (tests/test_asr_utterance.py prints them; bench/RESULTS.md).
+  Longer utterances, unknown language and repetition loops take the full 30 s path.
 """
 
 from __future__ import annotations
