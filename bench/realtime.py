@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import pct, start_server
+from bench.common import pct, start_server, today
 from realtime.config import SessionConfig
 
 INSTRUCTIONS = SessionConfig().instructions  # the product's default
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Realtime voice chat"
-DATE, MACHINE = "2026-11-23", "2-core CPU, no GPU, shared with other jobs"
+MACHINE = "2-core CPU (AMD EPYC), no GPU"
 QUESTIONS = ["What is the capital of France?", "How many days are in a week?", "What color is the sky?",
              "What is two plus three?", "What do bees make?", "How many legs does a spider have?",
              "What is the opposite of hot?", "Which planet do we live on?", "What language is spoken in Spain?",
@@ -239,8 +239,8 @@ def summary(rows: list[dict], key: str) -> str:
 
 def markdown(results: list[tuple[str, int, list[dict]]], engine_name: str, asr_name: str, wall: float) -> str:
     out = [SECTION, "",
-           f"Date {DATE}; machine: {MACHINE}. Embedded preset: Silero VAD, ASR {asr_name} (CTranslate2 int8, "
-           f"full 30 s-window decode), LLM {engine_name} (`runtime.llm`, torch CPU), Piper en_US joe medium. "
+           f"Date {today()}; machine: {MACHINE}. Embedded preset: Silero VAD, ASR {asr_name} (CTranslate2 int8, "
+           f"the service decodes each turn in a 20.4 s window, the cascade calls faster-whisper's 30 s decode), LLM {engine_name} (`runtime.llm`, torch CPU), Piper en_US joe medium. "
            f"Questions are Piper-synthesised and streamed at real time over `/v1/realtime` (official `openai` SDK, "
            f"GA, loopback, clients in a separate process); the session's default instructions (one or two short "
            f"spoken sentences), answers capped at {MAX_TOKENS} tokens; "
@@ -263,8 +263,8 @@ def markdown(results: list[tuple[str, int, list[dict]]], engine_name: str, asr_n
             "is the assumed end-of-turn silence, not a measurement. The breakdown columns are p50s of times from the "
             "end of speech, so they show where a turn's wait goes: the VAD's 500 ms of silence, the Whisper decode "
             "(started speculatively 160 ms into the silence), the LLM's first token, then the first TTS chunk "
-            "(a sentence, or the first words after 600 ms). Other jobs shared both cores during the run; "
-            "compare rows of this run only. "
+            "(a sentence, or the first words after 600 ms). Timings move by up to ~2× when other jobs share the "
+            "cores; compare rows of one run only. "
             f"Bench wall time {wall:.0f} s (`python -m bench.realtime`).", ""]
     return "\n".join(out)
 
