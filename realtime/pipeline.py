@@ -28,6 +28,7 @@ from runtime.chat_api import ChatEngine, ToolCall
 from tts.text import SentenceChunker
 
 log = logging.getLogger(__name__)
+SYNTHESIS_AHEAD = 1  # sentences synthesised and waiting beyond the one being sent (plus one in synthesis)
 
 
 @dataclass(frozen=True)
@@ -161,29 +162,50 @@ class ResponseRun:
         return self.tts.synthesize_all(text, SpeechOptions(speed=speed))
 
     async def _speak(self, sentences: asyncio.Queue, options) -> None:
-        loop = asyncio.get_running_loop()
         fmt = options.output_format
         encoder = OutputEncoder(fmt, self.tts.sample_rate)
         bytes_per_ms = fmt.rate * fmt.bytes_per_sample / 1000
         chunk = int(bytes_per_ms * self.options.delta_ms) // fmt.bytes_per_sample * fmt.bytes_per_sample
+        # Synthesis runs ahead of pacing: the next sentence is synthesised while this one plays. Were it
+        # started only once this one was sent, the listener would hold just `lead_ms` of audio while Piper
+        # works, and any sentence taking longer than that (shared cores, a long sentence) leaves the player
+        # dry. At most SYNTHESIS_AHEAD sentences wait; a barge-in wastes no more than that.
+        speech: asyncio.Queue = asyncio.Queue(maxsize=SYNTHESIS_AHEAD)
+        synthesis = asyncio.create_task(self._synthesize_ahead(sentences, speech, options.speed),
+                                        name=f"rt:{self.session.id}:synthesis")
         position = 0.0
-        while True:
-            sentence = await sentences.get()
-            if sentence is None:
-                break
-            pcm = await loop.run_in_executor(self.executor, self._synthesize, sentence, options.speed)
-            data = encoder(pcm)
-            duration = len(data) / bytes_per_ms
-            self.session.response_sentence(self.id, sentence, position, position + duration)
-            for offset in range(0, len(data), chunk):
-                piece = data[offset:offset + chunk]
-                await self._pace(position)
-                await self.room()
-                self.execute(self.session.response_audio(self.id, piece, position, len(piece) / bytes_per_ms))
-                position += len(piece) / bytes_per_ms
+        try:
+            while (item := await speech.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                sentence, pcm = item
+                data = encoder(pcm)
+                duration = len(data) / bytes_per_ms
+                self.session.response_sentence(self.id, sentence, position, position + duration)
+                for offset in range(0, len(data), chunk):
+                    piece = data[offset:offset + chunk]
+                    await self._pace(position)
+                    await self.room()
+                    self.execute(self.session.response_audio(self.id, piece, position, len(piece) / bytes_per_ms))
+                    position += len(piece) / bytes_per_ms
+        finally:
+            synthesis.cancel()
+            await asyncio.gather(synthesis, return_exceptions=True)
         tail = encoder(np.zeros(0, np.int16), last=True)
         if tail:
             self.execute(self.session.response_audio(self.id, tail, position, len(tail) / bytes_per_ms))
+
+    async def _synthesize_ahead(self, sentences: asyncio.Queue, speech: asyncio.Queue, speed: float) -> None:
+        """Sentences → (sentence, PCM) in order; then None, or the exception that stopped synthesis."""
+        loop = asyncio.get_running_loop()
+        try:
+            while (sentence := await sentences.get()) is not None:
+                pcm = await loop.run_in_executor(self.executor, self._synthesize, sentence, speed)
+                await speech.put((sentence, pcm))
+        except Exception as exc:  # reported by the pacer, which fails the response
+            await speech.put(exc)
+            return
+        await speech.put(None)
 
     async def _pace(self, start_ms: float) -> None:
         """Wait until audio starting at `start_ms` is due: `lead_ms` before it plays. If the listener ran

@@ -17,7 +17,7 @@ from realtime.runner import SessionRunner
 from realtime.session import RealtimeSession
 from realtime.unified_turn import Collector
 from runtime.chat_api import ToolCall
-from tests.realtime.fakes import CannedASR, FakeEngine, FakeModels, Script, silence, tone
+from tests.realtime.fakes import CannedASR, FakeEngine, FakeModels, Script, ToneTTS, silence, tone
 
 
 class Client(Collector):
@@ -303,3 +303,44 @@ def test_a_slow_model_gets_its_first_words_spoken_before_the_sentence_ends():
     first_chunk = models.tts_model.calls[0]
     assert first_chunk == "The capital of"
     assert " ".join(models.tts_model.calls).split() == "The capital of France is Paris, a city of light.".split()
+
+
+def test_next_sentence_is_synthesised_while_this_one_plays():
+    """Otherwise synthesis of sentence 2 starts when only the pacing lead of sentence 1 is left to play,
+    and a listener on a busy machine hears a gap at every sentence boundary."""
+
+    class TimedTTS(ToneTTS):
+        def __init__(self):
+            super().__init__()
+            self.started: list[float] = []
+
+        def synthesize_all(self, text, options=None):
+            self.started.append(time.perf_counter())
+            return super().synthesize_all(text, options)
+
+    async def scenario():
+        engine = FakeEngine(Script(("One two three four five. ", "Six seven eight nine ten. ")))  # 1.5 s each
+        models = FakeModels(asr_model=CannedASR(), tts_model=TimedTTS())
+        runner, client, _ = make(engine, lead_ms=100, models=models)
+        await runner.start()
+        await runner.handle_text(json.dumps({"type": "session.update", "session": {"turn_detection": None}}))
+        await runner.handle_text(json.dumps({"type": "response.create"}))
+        await client.wait_for("response.done", timeout=15)
+        await runner.close()
+        return client, models.tts_model
+
+    client, tts = asyncio.run(scenario())
+    assert len(tts.started) == 2
+    deltas = [(t, len(base64.b64decode(e["delta"]))) for e, t in zip(client.events, client.times)
+              if e["type"] == "response.output_audio.delta"]
+    first_sentence_bytes = 1.5 * 24000 * 2
+    sent, late_in_first = 0, None
+    for t, n in deltas:
+        sent += n
+        if sent >= 0.9 * first_sentence_bytes:
+            late_in_first = t  # a delta from the last tenth of sentence 1
+            break
+    assert late_in_first is not None
+    assert tts.started[1] < late_in_first
+    response = next(e for e in client.events if e["type"] == "response.done")["response"]
+    assert response["output"][0]["content"][0]["transcript"] == "One two three four five. Six seven eight nine ten."
