@@ -117,6 +117,8 @@ class SessionStats:
     vad_lags: list[float] = field(default_factory=list)
     audio_s: float = 0.0
     stall_s: float = 0.0
+    #: (seconds of the response already received when its player ran dry, length of the gap)
+    stalls: list[tuple[float, float]] = field(default_factory=list)
     closed_early: str | None = None
 
     def error(self, code: str) -> None:
@@ -133,6 +135,11 @@ class SessionStats:
             "input_lag_max_s": max(self.input_lags, default=None), "vad_lag_p95_s": _p(self.vad_lags, 95),
             "audio_s": round(self.audio_s, 2), "stall_s": round(self.stall_s, 3),
             "stall_ratio": round(self.stall_s / self.audio_s, 4) if self.audio_s else None,
+            "stalls": len(self.stalls),
+            # share of the stall time that fell in a response's first 3 s (first chunk → next chunk)
+            "stall_share_first_3s": round(sum(g for at, g in self.stalls if at < 3.0) / self.stall_s, 3)
+            if self.stall_s else None,
+            "stall_gap_p50_s": _p([g for _, g in self.stalls], 50),
             "closed_early": self.closed_early,
         }
         out["realtime"] = bool(
@@ -160,6 +167,7 @@ class VoiceSession:
         self.transcribed: set[str] = set()
         self.turn: Turn | None = None
         self.player_end: dict[str, float] = {}  # response id → when its queued audio runs out
+        self.received: dict[str, float] = {}  # response id → seconds of its audio received so far
         self.response_done = asyncio.Event()
         self.t0 = 0.0  # loop time of the first frame
 
@@ -283,8 +291,10 @@ class VoiceSession:
             if end is None or now > end:  # first audio, or the player ran dry: a stall
                 if end is not None:
                     s.stall_s += now - end
+                    s.stalls.append((self.received.get(rid, 0.0), now - end))
                 end = now
             self.player_end[rid] = end + seconds
+            self.received[rid] = self.received.get(rid, 0.0) + seconds
             if self.turn is not None and self.turn.response_id == rid and self.turn.first_audio is None:
                 self.turn.first_audio = now
         elif kind == "response.done":
@@ -481,11 +491,13 @@ def table(results: list[dict]) -> str:
 
 def session_table(result: dict) -> str:
     rows = ["| session | turns | answered | latency p50 / p95 | input lag p99 | VAD lag p95 | stalls / audio | "
-            "errors | real-time |", "|" + "---|" * 9]
+            "stalls (gap p50; share in a response's first 3 s) | errors | real-time |", "|" + "---|" * 10]
     for s in result["per_session"]:
         rows.append(f"| {s['session']} | {s['turns']} | {s['answered']} | {_fmt(s['latency_p50_s'])} / "
                     f"{_fmt(s['latency_p95_s'])} s | {_fmt(s['input_lag_p99_s'], ' s')} | {_fmt(s['vad_lag_p95_s'], ' s')} | "
-                    f"{s['stall_s']:.2f} / {s['audio_s']:.1f} s | {s['errors']} {s['error_codes'] or ''} | "
+                    f"{s['stall_s']:.2f} / {s['audio_s']:.1f} s | {s.get('stalls', 0)} "
+                    f"({_fmt(s.get('stall_gap_p50_s'), ' s')}; {_fmt(s.get('stall_share_first_3s'))}) | "
+                    f"{s['errors']} {s['error_codes'] or ''} | "
                     f"{'yes' if s['realtime'] else 'NO'}{' (' + s['closed_early'] + ')' if s['closed_early'] else ''} |")
     return "\n".join(rows)
 
