@@ -49,6 +49,24 @@ class PipelineOptions:
             raise ValueError("delta_ms must be in [20, 1000] and lead_ms in [0, 10000]")
 
 
+class PlaybackPacer:
+    """Releases a response's audio `lead_ms` before it plays at the listener. If the listener ran dry
+    (audio due to be playing already), playback restarts from now."""
+
+    def __init__(self, lead_ms: float):
+        self.lead_ms = lead_ms
+        self._clock: float | None = None  # loop time at which audio position 0 ms plays
+
+    async def wait(self, start_ms: float) -> None:
+        """Return when audio starting at `start_ms` is due to be sent."""
+        now = asyncio.get_running_loop().time()
+        if self._clock is None or now > self._clock + start_ms / 1000:
+            self._clock = now - start_ms / 1000
+        wait = self._clock + (start_ms - self.lead_ms) / 1000 - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 class ResponseRun:
     """Runs response `response_id` of `session`. `execute` carries the session's commands out;
     `wait_transcripts` resolves once the listed user items are transcribed; `room` waits for the socket."""
@@ -62,7 +80,7 @@ class ResponseRun:
         self.engine, self.tts, self.executor = engine, tts, executor
         self.execute, self.wait_transcripts, self.room = execute, wait_transcripts, room
         self.options = options or PipelineOptions()
-        self._clock: float | None = None  # loop time at which audio position 0 ms plays
+        self._pacer = PlaybackPacer(self.options.lead_ms)
 
     async def run(self) -> None:
         try:
@@ -184,7 +202,7 @@ class ResponseRun:
                 self.session.response_sentence(self.id, sentence, position, position + duration)
                 for offset in range(0, len(data), chunk):
                     piece = data[offset:offset + chunk]
-                    await self._pace(position)
+                    await self._pacer.wait(position)
                     await self.room()
                     self.execute(self.session.response_audio(self.id, piece, position, len(piece) / bytes_per_ms))
                     position += len(piece) / bytes_per_ms
@@ -202,17 +220,7 @@ class ResponseRun:
             while (sentence := await sentences.get()) is not None:
                 pcm = await loop.run_in_executor(self.executor, self._synthesize, sentence, speed)
                 await speech.put((sentence, pcm))
-        except Exception as exc:  # reported by the pacer, which fails the response
+        except Exception as exc:  # raised again by _speak, which fails the response
             await speech.put(exc)
             return
         await speech.put(None)
-
-    async def _pace(self, start_ms: float) -> None:
-        """Wait until audio starting at `start_ms` is due: `lead_ms` before it plays. If the listener ran
-        dry (this audio should already be playing), playback restarts from now."""
-        now = asyncio.get_running_loop().time()
-        if self._clock is None or now > self._clock + start_ms / 1000:
-            self._clock = now - start_ms / 1000
-        wait = self._clock + (start_ms - self.options.lead_ms) / 1000 - now
-        if wait > 0:
-            await asyncio.sleep(wait)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from realtime.audio import OutputEncoder
-from realtime.pipeline import PipelineOptions
+from realtime.pipeline import PipelineOptions, PlaybackPacer
 from realtime.session import Command, RealtimeSession
 from realtime.unified_pipeline import UnifiedSession, UnifiedStack
 from runtime.generate import generate
@@ -185,7 +185,7 @@ class UnifiedResponseRun:
         self.execute, self.wait_transcripts, self.room = execute, wait_transcripts, room
         self.options = options or PipelineOptions()
         self.item_id: str | None = None  # the assistant message, once the first audio opened it
-        self._clock: float | None = None
+        self._pacer = PlaybackPacer(self.options.lead_ms)  # as the cascade's
 
     async def run(self) -> None:
         try:
@@ -262,7 +262,7 @@ class UnifiedResponseRun:
             data = encoder(pcm)
             for offset in range(0, len(data), chunk):
                 piece = data[offset:offset + chunk]
-                await self._pace(position)
+                await self._pacer.wait(position)
                 await self.room()
                 position = self._send(piece, position, bytes_per_ms)
             channel.sent(len(pcm))
@@ -278,12 +278,3 @@ class UnifiedResponseRun:
             if st is not None and st.message is not None:
                 self.item_id = st.message.id
         return position + duration
-
-    async def _pace(self, start_ms: float) -> None:
-        """As the cascade: audio starting at `start_ms` leaves `lead_ms` before it plays."""
-        now = asyncio.get_running_loop().time()
-        if self._clock is None or now > self._clock + start_ms / 1000:
-            self._clock = now - start_ms / 1000
-        wait = self._clock + (start_ms - self.options.lead_ms) / 1000 - now
-        if wait > 0:
-            await asyncio.sleep(wait)
