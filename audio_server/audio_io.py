@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
 
-from realtime.audio import StreamResampler  # noqa: F401  (one chunked resampler, re-exported for the edge)
+from realtime.audio import StreamResampler  # one chunked resampler (decoding here, and re-exported for the edge)
 
 
 class AudioDecodeError(ValueError):
@@ -22,52 +23,127 @@ class AudioDecodeError(ValueError):
 
 
 MIN_RATE, MAX_RATE, MAX_CHANNELS = 1000, 384_000, 16
+# The decoded-size limit is the duration limit at a generous reference shape: `max_seconds` of 48 kHz stereo.
+# Duration alone bounds nothing: 1790 s of 8-channel 48 kHz FLAC silence is 711 KB on the wire and 2.75 GB
+# as float32 (tests/security/test_media_security.py). Samples × channels is what decoding costs.
+REFERENCE_RATE, REFERENCE_CHANNELS = 48_000, 2
+BLOCK_FRAMES = 32_768  # decoded per step: at most 16 channels × 32768 × 4 bytes = 2 MiB in flight
+_UNKNOWN_FRAMES = 2 ** 62  # libsndfile's SF_COUNT_MAX: a stream that does not say its length
 
 
-def decode_audio(data: bytes, target_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class DecodeBudget:
+    """How much one file may decode: seconds of audio, and samples × channels (4 bytes each as float32).
+
+    Checked from the header before decoding where the header says, and on every decoded block: a header can
+    lie or say nothing (FLAC streamed from a pipe has no length), so the running count is the real limit."""
+
+    max_seconds: float | None = None
+    max_samples: int | None = None
+
+    @classmethod
+    def for_duration(cls, max_seconds: float | None, max_samples: int | None = None) -> "DecodeBudget":
+        if max_samples is None and max_seconds is not None:
+            max_samples = int(max_seconds * REFERENCE_RATE * REFERENCE_CHANNELS)
+        return cls(max_seconds, max_samples)
+
+    @staticmethod
+    def check_shape(rate: int, channels: int) -> None:
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise AudioDecodeError(f"unsupported sample rate {rate} Hz (supported: {MIN_RATE}–{MAX_RATE} Hz)")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise AudioDecodeError(f"unsupported channel count {channels} (at most {MAX_CHANNELS})")
+
+    def check(self, rate: int, frames: int, samples: int, decoded: bool) -> None:
+        """`frames` (per channel, at `rate`) and `samples` (all channels) decoded so far, or announced."""
+        said = "has decoded" if decoded else "says it holds"
+        if self.max_seconds is not None and frames > self.max_seconds * rate:
+            raise AudioDecodeError(f"the audio is longer than {self.max_seconds:g} s (it {said} {frames / rate:.0f} s)")
+        if self.max_samples is not None and samples > self.max_samples:
+            channels = samples / max(frames, 1)
+            raise AudioDecodeError(
+                f"the audio decodes to more than {self.max_samples:,} samples × channels ({self.max_samples / 2**18:.0f}"
+                f" MiB as float32: the duration limit at {REFERENCE_RATE // 1000} kHz stereo); it {said} "
+                f"{samples:,} ({channels:.0f} channels × {rate} Hz × {frames / rate:.0f} s)")
+
+
+class _MonoSink:
+    """Decoded blocks in, float32 mono at the target rate out: counted against the budget, downmixed, made
+    finite and resampled block by block, so memory holds the output and one block, never the decoded file."""
+
+    def __init__(self, budget: DecodeBudget, rate: int, target_rate: int):
+        self.budget, self.rate = budget, rate
+        self.frames = self.samples = 0
+        self._resampler = StreamResampler(rate, target_rate)
+        self._chunks: list[np.ndarray] = []
+
+    def decoded(self, samples: int) -> None:
+        """Count `samples` (all channels) just decoded; checked before they are converted."""
+        self.samples += samples
+        self.budget.check(self.rate, self.frames, self.samples, decoded=True)
+
+    def add(self, block: np.ndarray) -> None:
+        """`block`: [frames, channels] or [frames] float32 at the sink's rate, any values."""
+        self.frames += len(block)
+        self.budget.check(self.rate, self.frames, self.samples, decoded=True)
+        # Float files may hold NaN, inf or 1e38 samples (the last made soxr's output NaN: tests/fuzz). Bounded
+        # input keeps the downmix and the resampler's output bounded.
+        block = np.clip(np.nan_to_num(block.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0),
+                        -1.0, 1.0)
+        self._keep(self._resampler(block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block))
+
+    def finish(self) -> np.ndarray:
+        if not self.frames:
+            raise AudioDecodeError("the file has no audio samples")
+        self._keep(self._resampler(np.zeros(0, np.float32), last=True))
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        self._chunks = []
+        return np.clip(audio, -1.0, 1.0, out=audio)
+
+    def _keep(self, out: np.ndarray) -> None:
+        if len(out):
+            self._chunks.append(out.astype(np.float32, copy=False))
+
+
+def decode_audio(data: bytes, target_rate: int = 16000, max_seconds: float | None = None,
+                 max_samples: int | None = None) -> np.ndarray:
     """Any supported container/codec → float32 mono at `target_rate`, finite, in [-1, 1].
 
-    Headers are not trusted: a sample rate outside 1–384 kHz or more than 16 channels is refused, and
-    with `max_seconds` so is longer audio — checked from the header before decoding where the format says,
-    and while decoding otherwise. (tests/fuzz found a 32 KB WAV claiming 1 Hz that resampled to 1 GB.)"""
+    Headers are not trusted: a sample rate outside 1–384 kHz or more than 16 channels is refused, and with
+    `max_seconds` so is longer audio, and audio of more than `max_samples` samples × channels (default: the
+    duration limit at 48 kHz stereo) — from the header before decoding where the format says, and on every
+    decoded block in any case. (tests/fuzz found a 32 KB WAV claiming 1 Hz that resampled to 1 GB;
+    tests/security a 711 KB FLAC that decoded to 2.75 GB.)"""
     if not data:
         raise AudioDecodeError("the audio file is empty")
-    audio, rate = _decode_soundfile(data, max_seconds)
+    budget = DecodeBudget.for_duration(max_seconds, max_samples)
+    audio = _decode_soundfile(data, budget, target_rate)
     if audio is None:
-        audio, rate = _decode_av(data, max_seconds)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    # Float files may hold NaN, inf or 1e38 samples (the last made soxr's output NaN: tests/fuzz). Bounded
-    # input keeps the resampler's output bounded.
-    audio = np.clip(np.nan_to_num(audio.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-    return np.clip(resample(audio, rate, target_rate), -1.0, 1.0)
+        audio = _decode_av(data, budget, target_rate)
+    return audio
 
 
-def _check_shape(rate: int, channels: int, frames: int | None, max_seconds: float | None) -> None:
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioDecodeError(f"unsupported sample rate {rate} Hz (supported: {MIN_RATE}–{MAX_RATE} Hz)")
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioDecodeError(f"unsupported channel count {channels} (at most {MAX_CHANNELS})")
-    if max_seconds is not None and frames is not None and frames > max_seconds * rate:
-        raise AudioDecodeError(f"the audio is longer than {max_seconds:g} s ({frames / rate:.0f} s)")
-
-
-def _decode_soundfile(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray | None, int]:
+def _decode_soundfile(data: bytes, budget: DecodeBudget, target_rate: int) -> np.ndarray | None:
     import soundfile
 
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as f:
             rate, channels, frames = f.samplerate, f.channels, f.frames
-            _check_shape(rate, channels, frames, max_seconds)
-            audio = f.read(dtype="float32", always_2d=False)
-        return audio, rate
+            budget.check_shape(rate, channels)
+            if 0 < frames < _UNKNOWN_FRAMES:
+                budget.check(rate, frames, frames * channels, decoded=False)
+            sink = _MonoSink(budget, rate, target_rate)
+            while len(block := f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
+                sink.decoded(block.size)
+                sink.add(block)
+        return sink.finish()
     except AudioDecodeError:
         raise
     except Exception:  # libsndfile says only "Format not recognised"; PyAV gets a try
-        return None, 0
+        return None
 
 
-def _decode_av(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def _decode_av(data: bytes, budget: DecodeBudget, target_rate: int) -> np.ndarray:
     import av
 
     try:
@@ -76,25 +152,33 @@ def _decode_av(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarra
             if stream is None:
                 raise AudioDecodeError("the file has no audio stream")
             rate = stream.rate or 16000
-            _check_shape(rate, 1, None, None)
-            limit = None if max_seconds is None else int(max_seconds * rate)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            chunks, samples = [], 0
+            channels = stream.codec_context.channels or 1
+            budget.check_shape(rate, channels)
+            seconds = _announced_seconds(container, stream)
+            if seconds is not None:
+                budget.check(rate, int(seconds * rate), int(seconds * rate) * channels, decoded=False)
+            sink = _MonoSink(budget, rate, target_rate)
+            downmix = av.AudioResampler(format="flt", layout="mono", rate=rate)  # FFmpeg's: frames vary in layout
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    samples += len(chunks[-1])
-                if limit is not None and samples > limit:  # headers may not say: count while decoding
-                    raise AudioDecodeError(f"the audio is longer than {max_seconds:g} s")
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                sink.decoded(frame.samples * frame.layout.nb_channels)  # as decoded, before the downmix
+                for out in downmix.resample(frame):
+                    sink.add(out.to_ndarray().reshape(-1))
+            for out in downmix.resample(None):
+                sink.add(out.to_ndarray().reshape(-1))
+            return sink.finish()
     except AudioDecodeError:
         raise
     except Exception as exc:
         raise AudioDecodeError(f"could not decode audio: {type(exc).__name__}: {exc}") from exc
-    if not chunks:
-        raise AudioDecodeError("the file has no audio samples")
-    return np.concatenate(chunks), rate
+
+
+def _announced_seconds(container, stream) -> float | None:
+    """The length the container states, if it states one (a guess from the bit rate is not used)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000  # microseconds (av.time_base)
+    return None
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
