@@ -40,14 +40,3 @@ def origin_ok(origin: str | None, host_header: str | None, allowed: tuple[str, .
         return True
     netloc = urlsplit(origin).netloc
     return bool(host_header) and netloc == host_header
-
-
-def stream_token_secret(settings) -> str | None:
-    """Secret that signs Twilio stream tokens; None when the service runs without any auth configured."""
-    return settings.twilio_auth_token or (settings.api_keys[0] if settings.api_keys else None)
-
-
-def stream_token(secret: str, call_sid: str) -> str:
-    """Twilio cannot send our API key on the media socket (and strips query strings from Stream URLs), so
-    the signed webhook hands the call a token in a <Parameter>, checked when the `start` frame arrives."""
-    return hmac.new(secret.encode(), f"twilio-stream:{call_sid}".encode(), "sha256").hexdigest()

@@ -17,20 +17,25 @@ Twilio cannot receive error events, so protocol problems are logged and counted
 is not μ-law 8000 Hz mono closes the socket (1003). `dtmf` digits become conversation items (a user text
 `[DTMF 5]`; customParameters `dtmf=respond` also asks for a reply, `dtmf=ignore` drops them). `stop` or a
 dropped socket ends the session and cancels all of its tasks.
+
+Admission, before any work: the handshake passes the origin check and the session limits like every socket
+(no API key: Twilio cannot send one), but takes no session slot. The socket must then send its `start` frame
+within `twilio_start_timeout_s`; when auth is configured that frame must carry the stream token the
+authenticated webhook minted for this call (`audio_server.twilio_tokens`: bound to the callSid, expiring,
+single use). Only a verified start takes a slot (counted against `max_sessions`) and loads models; a bare,
+silent or wrong socket is closed with 1008 having cost nothing but the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, WebSocket
 
-from audio_server.auth import stream_token, stream_token_secret
 from audio_server import twilio_protocol as tp
 from audio_server.routes_realtime import live_sessions, wind_down
 from audio_server.ws_common import (
@@ -40,8 +45,10 @@ from audio_server.ws_common import (
     CLOSE_TIMEOUT_S,
     SessionSlot,
     SocketSession,
+    admit,
     registry,
 )
+from audio_server.twilio_tokens import Refusal, stream_tokens, tokens_required
 from realtime.config import ConfigError, SessionConfig, apply_update
 from realtime.engine_provider import chat_engine
 from realtime.items import new_id
@@ -55,6 +62,8 @@ KIND = "twilio"
 FRAME_MS = 20.0
 SILENCE = b"\xff"  # μ-law zero
 DTMF_MODES = ("context", "respond", "ignore")
+#: frames a socket may send before its `start` (Twilio sends one: `connected`); more is not Twilio
+MAX_FRAMES_BEFORE_START = 8
 
 
 @dataclass
@@ -98,14 +107,13 @@ def session_config(params: dict, model: str) -> SessionConfig:
 class TwilioCall:
     """One call: Twilio frames in → session; session events → Twilio frames."""
 
-    def __init__(self, ws: WebSocket, sock: SocketSession, vad):
-        self.ws, self.sock, self.vad = ws, sock, vad
+    def __init__(self, ws: WebSocket, sock: SocketSession):
+        self.ws, self.sock = ws, sock
         self.app = ws.app
         self.metrics = self.app.state.metrics
         self.state = CallState()
         self.runner: SessionRunner | None = None
         self.dtmf_mode = "context"
-        self.closing = False
 
     def problem(self, code: str, message: str) -> None:
         self.metrics.ws_errors.labels(KIND, code).inc()
@@ -128,8 +136,9 @@ class TwilioCall:
                 r = self.runner
                 r.execute(r.session.handle(AudioAppend(None, ev.payload), r.clock()))
             return True
-        if isinstance(ev, tp.Start):
-            return await self._start(ev)
+        if isinstance(ev, tp.Start):  # the first one was taken by `await_start`
+            self.problem("duplicate_start", "a second 'start' on one stream is ignored")
+            return True
         if isinstance(ev, tp.Mark):
             pb = self.state.playbacks.get(ev.name)
             if pb is None:
@@ -149,29 +158,60 @@ class TwilioCall:
             return False
         return True  # connected
 
-    async def _start(self, ev: tp.Start) -> bool:
-        if self.runner is not None:
-            self.problem("duplicate_start", "a second 'start' on one stream is ignored")
-            return True
+    # ---- admission --------------------------------------------------------------------------------------
+    async def await_start(self, timeout: float) -> tp.Start | None:
+        """Read until the `start` frame and verify it: the stream token first (when auth is configured),
+        then the media format. None (the session already ended with a close code) for a socket that
+        closes, stays silent for `timeout`, sends anything else for long, or brings a bad start."""
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in range(MAX_FRAMES_BEFORE_START):
+                    kind, payload = await self.sock.receive()
+                    if kind == "close":
+                        return None
+                    if kind != "text":
+                        self.problem("binary_frame", "Media Streams frames are JSON text")
+                        continue
+                    try:
+                        ev = tp.parse(payload)  # type: ignore[arg-type]
+                    except tp.TwilioProtocolError as exc:
+                        self.problem(exc.code, str(exc))
+                        continue
+                    if isinstance(ev, tp.Start):
+                        return ev if self._verify_start(ev) else None
+                    if not isinstance(ev, tp.Connected):
+                        self.problem("before_start", f"{type(ev).__name__.lower()} frame before 'start'")
+        except TimeoutError:
+            self._refuse(CLOSE_POLICY, "start_timeout", f"no 'start' frame within {timeout:g} s of connecting")
+            return None
+        self._refuse(CLOSE_POLICY, "start_missing", f"{MAX_FRAMES_BEFORE_START} frames and no 'start'")
+        return None
+
+    def _verify_start(self, ev: tp.Start) -> bool:
+        refusal = self._token_refusal(ev)
+        if refusal is not None:
+            self._refuse(CLOSE_POLICY, refusal.code, f"{refusal.message} (auth is configured)", "invalid stream token")
+            return False
         if (ev.encoding, ev.sample_rate, ev.channels) != ("audio/x-mulaw", 8000, 1):
-            self.problem("invalid_media_format", f"unsupported media format {ev.encoding} {ev.sample_rate} Hz "
-                                                 f"x{ev.channels}; Media Streams send audio/x-mulaw 8000 Hz mono")
-            self.closing = True
-            try:
-                await self.ws.close(code=1003, reason="unsupported mediaFormat")
-            except Exception:
-                pass
+            self._refuse(1003, "invalid_media_format", f"unsupported media format {ev.encoding} {ev.sample_rate} "
+                         f"Hz x{ev.channels}; Media Streams send audio/x-mulaw 8000 Hz mono", "unsupported mediaFormat")
             return False
-        secret = stream_token_secret(self.ws.app.state.settings)
-        if secret and not hmac.compare_digest(ev.custom_parameters.get("token", ""),
-                                              stream_token(secret, ev.custom_parameters.get("callSid", ev.call_sid))):
-            self.problem("unauthorized", "start frame without a valid stream token (auth is configured)")
-            self.closing = True
-            try:
-                await self.ws.close(code=1008, reason="invalid stream token")
-            except Exception:
-                pass
-            return False
+        return True
+
+    def _token_refusal(self, ev: tp.Start) -> Refusal | None:
+        if not tokens_required(self.app.state.settings):
+            return None
+        if ev.custom_parameters.get("callSid", ev.call_sid) != ev.call_sid:  # checked first: keeps the token unused
+            return Refusal("invalid_token", "customParameters.callSid is not the stream's callSid")
+        return stream_tokens(self.app).claim(ev.custom_parameters.get("token"), ev.call_sid)
+
+    def _refuse(self, close_code: int, code: str, message: str, reason: str | None = None) -> None:
+        """Count and log why, and end the socket with `close_code` (sent when the route closes it)."""
+        self.problem(code, message)
+        self.sock.end(close_code, reason or message)
+
+    async def begin(self, ev: tp.Start, vad) -> None:
+        """The verified call starts: its realtime session, fed by `handle` from now on."""
         st = self.state
         st.stream_sid, st.call_sid = ev.stream_sid, ev.call_sid
         params = ev.custom_parameters
@@ -179,7 +219,7 @@ class TwilioCall:
         self.dtmf_mode = mode if mode in DTMF_MODES else "context"
         model = "voxline-realtime"
         settings = self.app.state.settings
-        session = RealtimeSession(new_id("sess"), self.vad, session_config(params, model),
+        session = RealtimeSession(new_id("sess"), vad, session_config(params, model),
                                   max_buffer_seconds=settings.max_input_buffer_s)
         loop = asyncio.get_running_loop()
         app = self.app
@@ -200,7 +240,6 @@ class TwilioCall:
         log.info("[%s] start stream %s call %s → %s (voice %s)", self.sock.id, st.stream_sid, st.call_sid,
                  session.id, session.config.voice)
         await self.runner.start()
-        return True
 
     def _dtmf(self, digit: str) -> None:
         r = self.runner
@@ -322,20 +361,28 @@ class TwilioCall:
 @router.websocket("/twilio/media")
 async def twilio_media(ws: WebSocket) -> None:
     """Twilio cannot present an API key (the Stream URL takes no query string, the handshake no custom
-    headers): only the session limits apply here; the webhook is where calls are authenticated, and the
-    `start` frame's stream token. A call over the limits is refused at the handshake."""
+    headers): the handshake checks origin and limits, then the `start` frame's stream token authenticates
+    the call (module docstring). The session slot is taken only then."""
     app = ws.app
-    hub, metrics = app.state.hub, app.state.metrics
-    refused = registry(app).refusal(None)
-    if refused is not None:
-        metrics.ws_errors.labels(KIND, refused[1]).inc()
-        await ws.close(code=CLOSE_BUSY, reason=refused[2][:120])
+    hub, settings = app.state.hub, app.state.settings
+    if not await admit(ws, KIND, key_required=False):  # a full or closing server refuses at once
         return
-    sock = SocketSession(ws, KIND, metrics)
-    slot = SessionSlot(ws, KIND, sock).acquire()  # no await since the check: the limits hold
+    sock = SocketSession(ws, KIND, app.state.metrics)
+    slot = SessionSlot(ws, KIND, sock)  # acquired (and the socket registered) once the start frame is verified
     call: TwilioCall | None = None
     try:
         await ws.accept()
+        call = TwilioCall(ws, sock)
+        start = await call.await_start(settings.twilio_start_timeout_s)
+        if start is None:
+            return
+        refused = registry(app).refusal(None)  # again: the server may have filled while the start came
+        if refused is not None:
+            call.problem(refused[1], refused[2])
+            sock.end(CLOSE_BUSY, refused[2])
+            return
+        slot.acquire()  # no await since the check: the limits hold
+        log.info("[%s] open", sock.id)
         loop = asyncio.get_running_loop()
         try:
             vad = await loop.run_in_executor(hub.executor, hub.vad)
@@ -344,8 +391,7 @@ async def twilio_media(ws: WebSocket) -> None:
             log.exception("[%s] models failed to load", sock.id)
             sock.end(CLOSE_INTERNAL, "speech models failed to load")
             return
-        call = TwilioCall(ws, sock, vad)
-        log.info("[%s] open", sock.id)
+        await call.begin(start, vad)
         while True:
             try:
                 kind, payload = await sock.receive()
@@ -368,8 +414,7 @@ async def twilio_media(ws: WebSocket) -> None:
     finally:
         if call is not None:
             await call.close()
-        if call is None or not call.closing:
-            await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
+        await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
         slot.release()
         if call is not None:
             log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)

@@ -45,6 +45,13 @@ class Settings:
     public_url: str = ""
     #: Twilio auth token; when set, /twilio/voice rejects requests without a valid X-Twilio-Signature
     twilio_auth_token: str = ""
+    #: build the URL a Twilio signature covers (and the TwiML stream URL) from X-Forwarded-Proto/-Host. Only
+    #: behind a proxy that sets them itself: else a caller picks the host its replayed signature is checked
+    #: against. Off = `public_url` when set, else the request's own scheme and Host
+    trust_proxy_headers: bool = False
+    #: a /twilio/media socket must send a `start` frame (with its stream token when auth is configured)
+    #: within this many seconds of connecting; until then it holds no session slot
+    twilio_start_timeout_s: float = 5.0
     #: most streaming sessions (all socket kinds together) open at once; more are refused at the handshake
     #: (HTTP 403, JSON body with code too_many_sessions)
     max_sessions: int = 64
@@ -128,7 +135,7 @@ class Settings:
                              "VOXLINE_MAX_REQUEST_BYTES too")
         for name, low, high in (("max_input_buffer_s", 1.0, 3600.0), ("max_session_s", 1.0, 7 * 86400.0),
                                 ("send_timeout_s", 0.05, 600.0), ("max_upload_audio_s", 1.0, 86400.0),
-                                ("shutdown_timeout_s", 0.0, 600.0)):
+                                ("shutdown_timeout_s", 0.0, 600.0), ("twilio_start_timeout_s", 0.1, 60.0)):
             if not low <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be between {low:g} and {high:g} seconds")
         if not (self.idle_timeout_s == 0 or 0.05 <= self.idle_timeout_s <= 86400):
@@ -150,6 +157,8 @@ class Settings:
                 values[f.name] = int(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
+            elif f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})

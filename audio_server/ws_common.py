@@ -234,21 +234,23 @@ def registry(app) -> SessionRegistry:
     return reg
 
 
-async def admit(ws: WebSocket, kind: str) -> bool:
+async def admit(ws: WebSocket, kind: str, *, key_required: bool = True) -> bool:
     """Check key, origin and the session limits before accepting. A refusal answers the handshake with an
     HTTP error and a JSON body saying why (`{"error": {"code", "message", "type"}}`); nothing else of
-    the server is touched. Take the slot right after (`SessionSlot(...).acquire()`, no await between)."""
+    the server is touched. Take the slot right after (`SessionSlot(...).acquire()`, no await between).
+    `key_required=False` is for a transport whose client cannot send a key and authenticates in its first
+    message instead (Twilio's stream token): it takes its slot only once that is verified."""
     from audio_server.auth import key_ok, origin_ok, presented_key
 
     app = ws.app
     settings = app.state.settings
     key = presented_key(ws.headers, ws.query_params)
-    if not key_ok(settings.api_keys, key):
+    if key_required and not key_ok(settings.api_keys, key):
         return await _refuse(ws, kind, 403, "unauthorized", "missing or invalid API key: send "
                              "'Authorization: Bearer KEY', 'X-API-Key: KEY' or ?api_key=KEY", "authentication_error")
     if not origin_ok(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):
         return await _refuse(ws, kind, 403, "bad_origin", "origin not allowed", "invalid_request_error")
-    ws.scope["voxline.api_key"] = key if settings.api_keys else None
+    ws.scope["voxline.api_key"] = key if settings.api_keys and key_required else None
     refused = registry(app).refusal(ws.scope["voxline.api_key"])
     if refused is not None:
         status, code, message = refused
