@@ -8,6 +8,10 @@
 - `DELETE /v1/realtime/webrtc/{id}` (alias `POST /v1/realtime/calls/{id}/hangup`): hang up.
 - `GET /v1/realtime/webrtc/config`: the ICE servers a page should use (`VOXLINE_ICE_SERVERS`).
 
+Every offer's ICE candidates are screened first (`webrtc_candidates`: the server sends checks only where it
+may). A call belongs to the key that created it: renegotiation and hang-up with another key hear "no call",
+exactly as for an id that never existed (they learn nothing about other keys' calls).
+
 Admission is the sockets' (API key — already enforced by the app's middleware for these paths — browser
 origin, then the session registry of `ws_common`: `max_sessions` across every transport, `max_sessions_per_key`,
 no new calls while shutting down), answered with OpenAI-shaped errors and the sockets' status codes.
@@ -17,7 +21,10 @@ The call itself is `audio_server.webrtc_peer.WebRTCPeer`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from audio_server.auth import key_ok, origin_ok, presented_key
 from audio_server.errors import APIError, error_response
 from audio_server.routes_realtime import dialect_of, live_sessions
+from audio_server.webrtc_candidates import CandidatePolicy, screen_candidates
 from audio_server.webrtc_config import parse_ice_servers
 from audio_server.webrtc_offer import Offer, bad_offer, parse_body
 from audio_server.webrtc_peer import KIND, WebRTCPeer, close_all, ended_calls, peers
@@ -72,7 +80,25 @@ async def _read_offer(request: Request) -> Offer:
         except Exception as exc:
             raise bad_offer(f"the multipart body could not be read: {exc}", None) from None
         form = {k: v for k, v in parsed.items() if isinstance(v, str)}
-    return parse_body(content_type, body, form)
+    offer = parse_body(content_type, body, form)
+    sdp, dropped = screen_candidates(offer.sdp, CandidatePolicy.from_settings(request.app.state.settings))
+    if dropped:
+        log.info("webrtc: offer: %d ICE candidate(s) dropped: %s%s", len(dropped), "; ".join(dropped[:4]),
+                 " …" if len(dropped) > 4 else "")
+    return replace(offer, sdp=sdp)
+
+
+def _owner(request: Request) -> str | None:
+    """A digest of the API key this request presents (None when the server runs without keys): a call keeps
+    its creator's, never the key itself."""
+    if not request.app.state.settings.api_keys:
+        return None
+    key = presented_key(request.headers, request.query_params) or ""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_owner(a: str | None, b: str | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and hmac.compare_digest(a, b))
 
 
 def _session_config(offer: Offer, request: Request) -> SessionConfig:
@@ -120,7 +146,7 @@ async def new_call(request: Request) -> Response:
             log.exception("webrtc: speech models failed to load")
             raise APIError(503, "the speech models failed to load", code="models_unavailable",
                            type="server_error") from None
-        peer = WebRTCPeer(app, vad, config, dialect_of(request), slot)
+        peer = WebRTCPeer(app, vad, config, dialect_of(request), slot, owner=_owner(request))
         peers(app)[peer.id] = peer
         live_sessions(app)[peer.session.id] = peer.runner
         app.state.realtime_loop = loop
@@ -157,13 +183,22 @@ async def _discard(peer: WebRTCPeer | None, slot: SessionSlot, reason: str) -> N
 
 
 def _open_call(request: Request, call_id: str) -> WebRTCPeer:
+    """The caller's own open call; another key's call is answered as if it did not exist (404)."""
+    owner = _owner(request)
     peer = peers(request.app).get(call_id)
-    if peer is not None and not peer.closed:
-        return peer
-    if peer is not None or call_id in ended_calls(request.app):
-        raise APIError(410, f"the call {call_id!r} has ended; start a new call with a new offer",
-                       code="call_ended", param="call_id")
+    if peer is not None and _same_owner(peer.owner, owner):
+        if not peer.closed:
+            return peer
+        raise _call_ended(call_id)
+    ended = ended_calls(request.app)
+    if peer is None and call_id in ended and _same_owner(ended[call_id], owner):
+        raise _call_ended(call_id)
     raise APIError(404, f"no call {call_id!r}", code="call_not_found", param="call_id")
+
+
+def _call_ended(call_id: str) -> APIError:
+    return APIError(410, f"the call {call_id!r} has ended; start a new call with a new offer", code="call_ended",
+                    param="call_id")
 
 
 @router.post("/v1/realtime/webrtc/{call_id}")

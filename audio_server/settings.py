@@ -95,6 +95,13 @@ class Settings:
     #: on loopback and LAN packets arrive in order, and each held frame delays barge-in by 20 ms.
     #: Raise it for lossy or jittery paths (a packet later than this is dropped)
     webrtc_jitter_frames: int = 1
+    #: resolve `.local` (mDNS) ICE candidates of WebRTC offers: aioice then binds UDP 0.0.0.0:5353 and joins
+    #: the mDNS group, and takes whatever a host on the LAN answers. Off = such candidates are dropped; never
+    #: used by a server that serves on loopback only (audio_server/webrtc_candidates.py)
+    webrtc_mdns: bool = False
+    #: networks (CIDR, comma-separated) the server never sends WebRTC connectivity checks to, whatever an
+    #: offer's candidates say, e.g. 169.254.0.0/16,10.0.0.0/8. Empty = none beyond the built-in rules
+    ice_deny_networks: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -123,6 +130,9 @@ class Settings:
 
         parse_ice_servers(self.ice_servers)  # raises with a message that says how to write it
         check_host_addresses(self.ice_host_addresses)
+        from audio_server.webrtc_candidates import parse_networks
+
+        parse_networks(self.ice_deny_networks)
 
     def _check_limits(self) -> None:
         if not 0 <= self.max_sessions_per_key <= self.max_sessions:
@@ -151,12 +161,14 @@ class Settings:
             raw = os.environ.get(f"VOXLINE_{f.name.upper()}")
             if raw is None:
                 continue
-            if f.name in ("api_keys", "allowed_origins", "ice_host_addresses"):
+            if f.name in ("api_keys", "allowed_origins", "ice_host_addresses", "ice_deny_networks"):
                 values[f.name] = tuple(k for k in raw.split(",") if k)
             elif f.type in ("int", int):
                 values[f.name] = int(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
+            elif f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             elif f.type in ("bool", bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:

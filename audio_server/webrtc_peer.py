@@ -104,7 +104,7 @@ def peers(app) -> dict[str, "WebRTCPeer"]:
 
 
 def ended_calls(app) -> OrderedDict:
-    """Ids of recently ended calls (bounded)."""
+    """Ids of recently ended calls (bounded) → the owner digest of each (`WebRTCPeer.owner`)."""
     ended = getattr(app.state, "webrtc_ended", None)
     if ended is None:
         ended = app.state.webrtc_ended = OrderedDict()
@@ -146,8 +146,9 @@ def shorten_jitter_buffer(receiver, frames: int) -> None:
 class WebRTCPeer:
     """One call. Build it, `await answer(sdp)`, and it runs until `close()` (idempotent)."""
 
-    def __init__(self, app, vad, config: SessionConfig, dialect: Dialect, slot):
+    def __init__(self, app, vad, config: SessionConfig, dialect: Dialect, slot, owner: str | None = None):
         self.app, self.slot, self.dialect = app, slot, dialect
+        self.owner = owner  # a digest of the API key that made the call: only it may renegotiate or hang up
         self.settings, self.metrics = app.state.settings, app.state.metrics
         self.id = new_id("rtc")
         self.pc = RTCPeerConnection(rtc_configuration(self.settings))
@@ -479,7 +480,7 @@ class WebRTCPeer:
 
             peers(self.app).pop(self.id, None)
             ended = ended_calls(self.app)
-            ended[self.id] = reason
+            ended[self.id] = self.owner
             while len(ended) > ENDED_MEMORY:
                 ended.popitem(last=False)
             live_sessions(self.app).pop(self.session.id, None)

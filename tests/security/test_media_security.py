@@ -173,3 +173,241 @@ def test_flac_bomb_is_refused_and_memory_stays_bounded(upload_server, header):
     ok, _ = results["legit"]
     assert ok.status_code == 200, ok.text[:300]
     assert ok.json()["text"] == f"{legit_samples} samples"
+
+
+# ---- item 10: WebRTC candidates and call ownership --------------------------------------------------------------
+K1, K2 = "k1-media", "k2-media"
+FOREIGN = ("198.51.100.7", "203.0.113.9")  # the probe's addresses: nothing on loopback reaches them
+MDNS_NAME = "0b5c1f3e-1234-4c7e-9a53-21bf0c8e2d10.local"
+
+
+@pytest.fixture(scope="module")
+def rtc_keyed(hub):
+    from audio_server.app import create_app
+    from audio_server.live import LiveServer
+
+    settings = replace(hub.settings, api_keys=(K1, K2), webrtc_connect_timeout_s=15.0, webrtc_idle_timeout_s=10.0)
+    live = LiveServer(create_app(settings, hub)).start()
+    yield live
+    live.stop()
+
+
+def _auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def with_candidates(sdp: str, extra: list[str], keep_own: bool = True) -> str:
+    """The offer with `extra` candidate values added to its first media section (the bundle's transport),
+    and its own loopback candidates kept or removed."""
+    out, added, in_media = [], False, False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            if in_media and not added:
+                out += [f"a=candidate:{c}" for c in extra]
+                added = True
+            in_media = True
+        if line.startswith("a=candidate:") and not keep_own:
+            continue
+        out.append(line)
+        if line.startswith("a=candidate:") and in_media and not added:
+            out += [f"a=candidate:{c}" for c in extra]
+            added = True
+    return "\r\n".join(out)
+
+
+def _host(n: int, address: str, port: int | str) -> str:
+    return f"{n} 1 udp {2130706431 - n} {address} {port} typ host"
+
+
+def _udp_sockets_on(port: int) -> int:
+    """UDP sockets bound to `port` on this machine (/proc/net/udp and udp6: local address column)."""
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        count += sum(1 for row in rows if int(row.split()[1].rsplit(":", 1)[1], 16) == port)
+    return count
+
+
+async def _call(base_url: str, key: str, edit=None):
+    """An aiortc client's call with `key`; `edit` rewrites the offer SDP first. → (client, response)."""
+    from aiortc import RTCSessionDescription
+
+    from tests.webrtc.client import Client
+
+    client = Client()
+    sdp = await client.offer()
+    if edit is not None:
+        sdp = edit(sdp)
+    async with httpx.AsyncClient(timeout=60) as http:
+        r = await http.post(base_url + "/v1/realtime/webrtc", content=sdp,
+                            headers={"Content-Type": "application/sdp", **_auth(key)})
+    if r.status_code == 201:
+        client.call_id = r.headers["location"].rsplit("/", 1)[-1]
+        await client.pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+        await asyncio.wait_for(client.opened.wait(), 30)
+    return client, r
+
+
+async def _still_serves(client) -> None:
+    """The call's session answers on its data channel."""
+    after = len(client.events)
+    client.send({"type": "session.update", "session": {"instructions": "Be brief."}})
+    await client.wait("session.updated", after=after, timeout=20)
+
+
+def _remote_addresses(server, call_id: str) -> set[str]:
+    """What the server's ICE agent holds as the peer's addresses: where it sends connectivity checks."""
+    from audio_server.webrtc_peer import peers
+
+    peer = peers(server.app)[call_id]
+    transports = {t.receiver.transport.transport for t in peer.pc.getTransceivers()}
+    if peer.pc.sctp is not None:
+        transports.add(peer.pc.sctp.transport.transport)
+    return {c.ip for ice in transports for c in ice.getRemoteCandidates()}
+
+
+def _hang_up(base_url: str, call_id: str, key: str) -> httpx.Response:
+    return httpx.delete(f"{base_url}/v1/realtime/webrtc/{call_id}", headers=_auth(key), timeout=60)
+
+
+def test_offer_candidates_naming_other_hosts_are_not_contacted(rtc_keyed):
+    from tests.webrtc.conftest import wait_clean
+
+    attack = [_host(90 + i, ip, 40000 + i) for i, ip in enumerate(FOREIGN)]
+
+    async def scenario():
+        client, r = await _call(rtc_keyed.base_url, K1, lambda sdp: with_candidates(sdp, attack))
+        try:
+            assert r.status_code == 201, r.text[:300]
+            remote = _remote_addresses(rtc_keyed, client.call_id)
+            await _still_serves(client)  # the call itself works, over its loopback candidate
+        finally:
+            await client.close()
+            if client.call_id:
+                _hang_up(rtc_keyed.base_url, client.call_id, K1)
+        # An offer with nothing but foreign candidates could never connect: refused, nothing contacted.
+        only, refused = await _call(rtc_keyed.base_url, K1, lambda sdp: with_candidates(sdp, attack, keep_own=False))
+        await only.close()
+        return remote, refused
+
+    remote, refused = asyncio.run(scenario())
+    print(f"\nserver-side remote candidates of the call: {sorted(remote)}; foreign-only offer: HTTP "
+          f"{refused.status_code} {refused.text[:160]!r}")
+    assert remote and not remote & set(FOREIGN), remote
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_candidate", refused.text
+    wait_clean(rtc_keyed)
+
+
+def test_mdns_candidate_binds_nothing_on_a_loopback_server(rtc_keyed):
+    from tests.webrtc.conftest import wait_clean
+
+    before = _udp_sockets_on(5353)
+
+    async def scenario():
+        t0 = time.perf_counter()
+        client, r = await _call(rtc_keyed.base_url, K1, lambda sdp: with_candidates(sdp, [_host(95, MDNS_NAME, 40100)]))
+        took = time.perf_counter() - t0
+        try:
+            assert r.status_code == 201, r.text[:300]
+            during = _udp_sockets_on(5353)
+            remote = _remote_addresses(rtc_keyed, client.call_id)
+            await _still_serves(client)
+        finally:
+            await client.close()
+            if client.call_id:
+                _hang_up(rtc_keyed.base_url, client.call_id, K1)
+        return during, remote, took
+
+    during, remote, took = asyncio.run(scenario())
+    print(f"\nUDP sockets on port 5353: {before} before the call, {during} during it; offer answered in "
+          f"{took:.2f} s; remote candidates {sorted(remote)}")
+    assert during == before, "the server bound the mDNS port for a .local candidate"
+    assert MDNS_NAME not in remote and all(not a.endswith(".local") for a in remote)
+    wait_clean(rtc_keyed)
+
+
+@pytest.mark.parametrize("port", ["999999", "0", "65536", "12ab"])
+def test_candidate_with_an_impossible_port_is_a_clear_400(rtc_keyed, port):
+    from tests.webrtc.conftest import wait_clean
+
+    async def scenario():
+        bad, r = await _call(rtc_keyed.base_url, K1, lambda sdp: with_candidates(sdp, [_host(97, "127.0.0.1", port)]))
+        await bad.close()
+        good, ok = await _call(rtc_keyed.base_url, K1)  # the next, well-formed call is served as ever
+        try:
+            assert ok.status_code == 201, ok.text[:300]
+            await _still_serves(good)
+        finally:
+            await good.close()
+            if good.call_id:
+                _hang_up(rtc_keyed.base_url, good.call_id, K1)
+        return r
+
+    r = asyncio.run(scenario())
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert error["code"] == "invalid_candidate" and "port" in error["message"], error
+    wait_clean(rtc_keyed)
+
+
+def test_only_the_key_that_made_a_call_may_renegotiate_or_hang_up(rtc_keyed):
+    from tests.webrtc.conftest import wait_clean
+
+    base = rtc_keyed.base_url
+
+    async def scenario():
+        client, r = await _call(base, K1)
+        assert r.status_code == 201, r.text[:300]
+        call_id = client.call_id
+        try:
+            stranger = _hang_up(base, call_id, K2)
+            unknown = _hang_up(base, "rtc_doesnotexist00000000", K2)
+            renegotiate = httpx.post(f"{base}/v1/realtime/webrtc/{call_id}", content=await client.offer(),
+                                     headers={"Content-Type": "application/sdp", **_auth(K2)}, timeout=60)
+            hangup_alias = httpx.post(f"{base}/v1/realtime/calls/{call_id}/hangup", headers=_auth(K2), timeout=60)
+            await _still_serves(client)  # none of that touched the call
+            mine = _hang_up(base, call_id, K1)
+            after_stranger, after_mine = _hang_up(base, call_id, K2), _hang_up(base, call_id, K1)
+        finally:
+            await client.close()
+        return call_id, stranger, unknown, renegotiate, hangup_alias, mine, after_stranger, after_mine
+
+    call_id, stranger, unknown, renegotiate, alias, mine, after_stranger, after_mine = asyncio.run(scenario())
+    for r in (stranger, renegotiate, alias, after_stranger):
+        assert r.status_code == 404, (r.status_code, r.text[:300])
+        error = r.json()["error"]
+        # word for word what an id that never existed gets: another key's call is not even confirmed to exist
+        assert error == {**unknown.json()["error"], "message": error["message"]}, (error, unknown.json())
+        assert error["message"] == unknown.json()["error"]["message"].replace("rtc_doesnotexist00000000", call_id)
+    assert mine.status_code == 200 and mine.json()["status"] == "closed"
+    assert after_mine.status_code == 410 and after_mine.json()["error"]["code"] == "call_ended"
+    wait_clean(rtc_keyed)
+
+
+def test_candidate_policy_of_a_server_on_the_network():
+    """The live tests run on loopback; the rules for a server on every interface, checked directly."""
+    from audio_server.settings import Settings
+    from audio_server.webrtc_candidates import BadCandidate, CandidatePolicy, screen_candidates
+
+    lan = CandidatePolicy.from_settings(Settings(host="0.0.0.0", api_keys=("k",), ice_deny_networks=("10.0.0.0/8",)))
+    assert lan.refusal("198.51.100.7") is None  # a peer on the internet is what such a server is for
+    assert "deny" in lan.refusal("10.1.2.3") and "loopback" in lan.refusal("127.0.0.1")  # not itself
+    assert "mDNS" in lan.refusal(MDNS_NAME) and "host name" in lan.refusal("evil.example")
+    assert "unicast" in lan.refusal("224.0.0.251") and "unicast" in lan.refusal("0.0.0.0")
+    mdns = CandidatePolicy.from_settings(Settings(host="0.0.0.0", api_keys=("k",), webrtc_mdns=True))
+    assert mdns.refusal(MDNS_NAME) is None
+    loopback = CandidatePolicy.from_settings(Settings(webrtc_mdns=True))
+    assert "loopback only" in loopback.refusal(MDNS_NAME)  # mDNS is never resolved for a loopback server
+
+    sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\n" + "".join(
+        f"a=candidate:{_host(i, f'198.51.100.{i}', 5000 + i)}\r\n" for i in range(1, 66))
+    with pytest.raises(BadCandidate, match="more than 64"):
+        screen_candidates(sdp, lan)
+    two = f"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:{_host(1, '10.0.0.5', 5001)}\r\n" \
+          f"a=candidate:{_host(2, '198.51.100.7', 5002)}\r\n"
+    kept, dropped = screen_candidates(two, lan)
+    assert "10.0.0.5" not in kept and "198.51.100.7" in kept and dropped == ["10.0.0.5: in ice_deny_networks"]
