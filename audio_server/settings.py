@@ -169,8 +169,6 @@ class Settings:
                 values[f.name] = float(raw)
             elif f.type in ("bool", bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif f.type in ("bool", bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[f.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
