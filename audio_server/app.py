@@ -13,8 +13,9 @@ from fastapi.staticfiles import StaticFiles
 
 from audio_server import routes_audio, routes_misc, routes_twilio, routes_ws_asr, routes_ws_tts
 from audio_server import routes_chat, routes_realtime, routes_twilio_media, routes_webrtc
-from audio_server.auth import OPEN_PATHS, key_ok, presented_key
+from audio_server.auth import key_ok, open_paths, presented_key
 from audio_server.errors import error_response, install_error_handlers
+from audio_server.http_security import BrowserGuard, BrowserPolicy
 from audio_server.limits import RequestLimits
 from audio_server.metrics import Metrics
 from audio_server.models import ModelHub
@@ -50,8 +51,11 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
         if owns_hub:
             hub.close()
 
-    app = FastAPI(title="voxline", version=_version(), lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and this service runs offline.
+    # The schema stays at /openapi.json (behind the key like every API route).
+    app = FastAPI(title="voxline", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.state.browser_policy = BrowserPolicy.from_settings(settings)  # who may call from a browser
     app.state.hub = hub
     app.state.metrics = Metrics()
     app.state.version = _version()
@@ -62,13 +66,18 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
     registry(app).drain_hooks.append(lambda _timeout: routes_webrtc.shutdown(app))
     install_error_handlers(app)
 
+    unkeyed = open_paths(settings)
+
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if settings.api_keys and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/web/"):
+        if settings.api_keys and request.url.path not in unkeyed and not request.url.path.startswith("/web/"):
             if not key_ok(settings.api_keys, presented_key(request.headers, request.query_params)):
                 return error_response(401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
                                       code="invalid_api_key", type="authentication_error")
         return await call_next(request)
+
+    # Outside the key check (http_security.py says why), inside the request counter (refusals are counted).
+    app.add_middleware(BrowserGuard, policy=app.state.browser_policy)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -94,6 +103,6 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
         page = WEB_DIR / "index.html"
         if page.exists():
             return FileResponse(page)
-        return JSONResponse({"service": "voxline", "docs": "/docs"})
+        return JSONResponse({"service": "voxline", "openapi": "/openapi.json"})
 
     return app

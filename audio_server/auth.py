@@ -1,4 +1,4 @@
-"""API keys and browser origin checks, shared by every HTTP route and socket.
+"""API keys, shared by every HTTP route and socket (browser origin and Host checks: http_security.py).
 
 Keys arrive as `Authorization: Bearer KEY` (SDKs, servers), `X-API-Key: KEY`, or `?api_key=KEY` (browsers
 cannot set headers on a WebSocket). With no keys configured the service is open — the CLI refuses that
@@ -8,12 +8,21 @@ unless it listens on loopback. Comparison is constant-time.
 from __future__ import annotations
 
 import hmac
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers, QueryParams
 
-# Probes and the page stay open; Twilio's webhook is protected by its own signature instead of our keys.
-OPEN_PATHS = frozenset({"/", "/healthz", "/metrics", "/favicon.ico", "/twilio/voice"})
+if TYPE_CHECKING:
+    from audio_server.settings import Settings
+
+# Probes and the page stay open; Twilio's webhook checks its signature or a key itself (routes_twilio.py).
+# /metrics is not among them: its counts and model names are for the operator (`metrics_public` opens it).
+OPEN_PATHS = frozenset({"/", "/healthz", "/favicon.ico", "/twilio/voice"})
+
+
+def open_paths(settings: "Settings") -> frozenset[str]:
+    """The paths served without an API key under these settings."""
+    return OPEN_PATHS | {"/metrics"} if settings.metrics_public else OPEN_PATHS
 
 
 def presented_key(headers: Headers, query: QueryParams) -> str | None:
@@ -30,13 +39,3 @@ def key_ok(keys: tuple[str, ...], presented: str | None) -> bool:
         return False
     return any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys)
 
-
-def origin_ok(origin: str | None, host_header: str | None, allowed: tuple[str, ...]) -> bool:
-    """Non-browser clients send no Origin. A browser page may connect from our own host, or from a
-    configured origin; `*` allows all."""
-    if not origin:
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    netloc = urlsplit(origin).netloc
-    return bool(host_header) and netloc == host_header

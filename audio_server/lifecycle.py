@@ -6,7 +6,8 @@ drain in front: stop listening, then `SessionRegistry.drain` — no new sessions
 `/healthz` says `draining`), each open session ended with 1001 after its in-flight work is finished or
 cancelled (a realtime response gets `response.done` with status `cancelled`), all within
 `shutdown_timeout_s` — and then uvicorn's shutdown as usual, which by then finds nothing left to cut.
-`voxline serve` and `LiveServer` (tests, benchmarks) both run it.
+`voxline serve` and `LiveServer` (tests, benchmarks) both run it — and so both log request lines with
+secrets masked (`?api_key=***`: access_log.py), installed at startup here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import socket
 
 import uvicorn
 
+from audio_server import access_log
+
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +28,7 @@ class GracefulServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        access_log.install()  # before the first connection is logged
         await super().startup(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -29,7 +29,7 @@ from dataclasses import replace
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from audio_server.auth import key_ok, origin_ok, presented_key
+from audio_server.auth import key_ok, presented_key
 from audio_server.errors import APIError, error_response
 from audio_server.routes_realtime import dialect_of, live_sessions
 from audio_server.webrtc_candidates import CandidatePolicy, screen_candidates
@@ -60,8 +60,7 @@ def _admission_problem(request: Request) -> JSONResponse | None:
     if not key_ok(settings.api_keys, key):
         return _refuse(request, 401, "invalid_api_key", "missing or invalid API key: send 'Authorization: Bearer KEY'",
                        "authentication_error")
-    if not origin_ok(request.headers.get("origin"), request.headers.get("host"), settings.allowed_origins):
-        return _refuse(request, 403, "bad_origin", "origin not allowed", "invalid_request_error")
+    # Origin and Host were checked before any route ran (http_security.BrowserGuard: 403 bad_origin / bad_host).
     request.scope["voxline.api_key"] = key if settings.api_keys else None  # what SessionSlot counts per key
     refused = registry(app).refusal(request.scope["voxline.api_key"])
     if refused is not None:

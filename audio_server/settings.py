@@ -38,10 +38,16 @@ class Settings:
     max_stream_seconds: float = 3600.0
     #: API keys; empty = no authentication (only allowed when listening on loopback)
     api_keys: tuple[str, ...] = field(default_factory=tuple)
-    #: extra browser origins allowed to open sockets (the server's own host is always allowed; "*" = any)
+    #: browser origins (scheme://host[:port]) allowed to call the HTTP routes and open sockets, besides the
+    #: server's own page (its loopback origins on the listening port, and `public_url`); "*" = any. The
+    #: Host header never counts (DNS rebinding): audio_server/http_security.py
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    #: serve /metrics without an API key (for a Prometheus scraper that cannot send `Authorization:
+    #: Bearer KEY`); off = /metrics needs a key whenever keys are configured
+    metrics_public: bool = False
     #: public base URL as callers see it (e.g. https://voice.example.com); used in TwiML and to check
-    #: Twilio signatures behind a proxy. Empty = taken from each request's Host header
+    #: Twilio signatures behind a proxy. Empty = taken from each request's Host header. Its origin is an
+    #: allowed browser origin, and its host a name the server answers to on a loopback connection
     public_url: str = ""
     #: Twilio auth token; when set, /twilio/voice rejects requests without a valid X-Twilio-Signature
     twilio_auth_token: str = ""
@@ -133,6 +139,9 @@ class Settings:
         from audio_server.webrtc_candidates import parse_networks
 
         parse_networks(self.ice_deny_networks)
+        from audio_server.http_security import BrowserPolicy
+
+        BrowserPolicy.from_settings(self)  # allowed_origins and public_url must be origins (says how to write one)
 
     def _check_limits(self) -> None:
         if not 0 <= self.max_sessions_per_key <= self.max_sessions:

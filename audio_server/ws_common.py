@@ -240,7 +240,8 @@ async def admit(ws: WebSocket, kind: str, *, key_required: bool = True) -> bool:
     the server is touched. Take the slot right after (`SessionSlot(...).acquire()`, no await between).
     `key_required=False` is for a transport whose client cannot send a key and authenticates in its first
     message instead (Twilio's stream token): it takes its slot only once that is verified."""
-    from audio_server.auth import key_ok, origin_ok, presented_key
+    from audio_server.auth import key_ok, presented_key
+    from audio_server.http_security import browser_policy, browser_refusal
 
     app = ws.app
     settings = app.state.settings
@@ -248,8 +249,9 @@ async def admit(ws: WebSocket, kind: str, *, key_required: bool = True) -> bool:
     if key_required and not key_ok(settings.api_keys, key):
         return await _refuse(ws, kind, 403, "unauthorized", "missing or invalid API key: send "
                              "'Authorization: Bearer KEY', 'X-API-Key: KEY' or ?api_key=KEY", "authentication_error")
-    if not origin_ok(ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins):
-        return await _refuse(ws, kind, 403, "bad_origin", "origin not allowed", "invalid_request_error")
+    browser = browser_refusal(ws.scope, browser_policy(app))  # Origin and Host (DNS rebinding), never Host as origin
+    if browser is not None:
+        return await _refuse(ws, kind, 403, browser.code, browser.message, "invalid_request_error")
     ws.scope["voxline.api_key"] = key if settings.api_keys and key_required else None
     refused = registry(app).refusal(ws.scope["voxline.api_key"])
     if refused is not None:
