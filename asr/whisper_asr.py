@@ -39,6 +39,7 @@ UTTERANCE_MIN_PADDING_S = 5.0
 COMPRESSION_RATIO_LIMIT = 2.4
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
+MAX_TOKENS_PER_SECOND = 6  # fast speech is ~4 words/s; Whisper's BPE averages ~1.3 tokens per English word
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ class WhisperASR:
         return tok.decode(ids).strip()
 
     # ---- one utterance, short window --------------------------------------------------------------
-    def transcribe_utterance(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> str:
+    def transcribe_utterance(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None,
+                             beam_size: int = 1) -> str:
         """Text of one speech segment (see module docstring); same decoding rules as `transcribe()`."""
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
         import ctranslate2
@@ -186,6 +188,8 @@ class WhisperASR:
         if seconds < 0.1:
             return ""
         language = "en" if self.english_only else language
+        # Beam search only in the short window: on 8 kHz speech a 30 s window decoded with beam 5 once dropped
+        # a whole window's text (bench/phone_asr.py), and the short window is where its cost is small.
         full = DecodeOptions(language=language, prompt=prompt, timestamps=False)
         window_s = self.utterance_frames / FRAMES_PER_SECOND
         if (self.utterance_frames >= WINDOW_FRAMES or language is None
@@ -200,11 +204,14 @@ class WhisperASR:
         context = []
         if prompt and prompt.strip():
             context = [tok.sot_prev, *tok.encode(" " + prompt.strip())[-(max_length // 2 - 1):]]
+        start = [*context, *tok.sot_sequence, tok.no_timestamps]
         result = self.model.model.generate(
             ctranslate2.StorageView.from_array(feats),
-            [[*context, *tok.sot_sequence, tok.no_timestamps]],
-            beam_size=1,
-            max_length=max_length,
+            [start],
+            beam_size=beam_size,
+            # No one says more than ~5 tokens a second: a longer text is a repetition loop (seen on 8 kHz
+            # speech with a prompt), and stopping it early leaves less for the loop check to throw away.
+            max_length=min(max_length, len(start) + int(MAX_TOKENS_PER_SECOND * seconds) + 8),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,

@@ -60,7 +60,9 @@ async def transcriptions(request: Request):
     try:
         model_name = hub.resolve_asr_name(_form_value(form, "model"))
         options = DecodeOptions(
-            language=_form_value(form, "language") or None,
+            # Without a language Whisper detects one, which on a few seconds of phone audio can be another
+            # script's: a server that knows its callers' language says so (VOXLINE_ASR_LANGUAGE).
+            language=_form_value(form, "language") or settings.asr_language or None,
             prompt=_form_value(form, "prompt") or None,
             temperature=float(_form_value(form, "temperature", 0) or 0),
             word_timestamps="word" in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"),

@@ -37,7 +37,7 @@ from audio_server.settings import Settings
 from audio_server.twilio_tokens import SeenOnce, stream_tokens, tokens_required, valid_call_sid
 
 router = APIRouter()
-_PASSED_PARAMETERS = ("voice", "instructions")
+_PASSED_PARAMETERS = ("voice", "instructions", "language")
 #: a signed webhook is accepted once within this window. Twilio's signature carries no timestamp, so a
 #: request recorded by someone who can read the traffic replays after it; HTTPS is what keeps it unread
 REPLAY_WINDOW_S = 3600.0

@@ -90,11 +90,19 @@ class CallState:
     clears: int = 0
 
 
-def session_config(params: dict, model: str) -> SessionConfig:
-    """The call's session: μ-law 8 kHz both ways, plus the stream's `voice` / `instructions` parameters."""
+def session_config(params: dict, model: str, language: str = "en") -> SessionConfig:
+    """The call's session: μ-law 8 kHz both ways in the call's `language`, plus the stream's `language` /
+    `voice` / `instructions` parameters."""
+    # A call's language is known (the number called, the bot's configuration): Whisper's own detection, on a
+    # few seconds of 8 kHz speech, came back in Thai script for English callers (bench/phone_asr.py, "auto").
+    def transcription(lang: object) -> dict:
+        return {"audio": {"input": {"transcription": {"model": "whisper-1", "language": lang}}}}
+
     config = apply_update(SessionConfig(model=model), {"audio": {"input": {"format": {"type": "audio/pcmu"}},
                                                                  "output": {"format": {"type": "audio/pcmu"}}}})
-    for key, update in (("instructions", {"instructions": params.get("instructions")}),
+    config = apply_update(config, transcription(language))
+    for key, update in (("language", transcription(params.get("language"))),
+                        ("instructions", {"instructions": params.get("instructions")}),
                         ("voice", {"audio": {"output": {"voice": params.get("voice")}}})):
         if params.get(key):
             try:
@@ -219,7 +227,7 @@ class TwilioCall:
         self.dtmf_mode = mode if mode in DTMF_MODES else "context"
         model = "voxline-realtime"
         settings = self.app.state.settings
-        session = RealtimeSession(new_id("sess"), vad, session_config(params, model),
+        session = RealtimeSession(new_id("sess"), vad, session_config(params, model, settings.phone_language),
                                   max_buffer_seconds=settings.max_input_buffer_s)
         loop = asyncio.get_running_loop()
         app = self.app

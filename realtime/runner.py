@@ -286,10 +286,12 @@ class SessionRunner:
             except ValueError:
                 log.info("[%s] transcription model %r unknown; using the default", self.session.id, model)
 
-        def run() -> str:
-            return self.models.asr(name).transcribe_utterance(audio, language or "en", prompt)
-
         settings = getattr(self.models, "settings", None)
+        beam = getattr(settings, "asr_beam_size", 1)
+
+        def run() -> str:
+            return self.models.asr(name).transcribe_utterance(audio, language or "en", prompt, beam_size=beam)
+
         pool = asr_pool(getattr(settings, "asr_threads", 2)) if settings is not None else self.models.executor
         return asyncio.get_running_loop().run_in_executor(pool, run)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from realtime.asr_prompt import transcription_prompt
 from realtime.audio import INTERNAL_RATE, AudioFormatError, InputDecoder, StreamResampler, decode_bytes
 from realtime.config import ConfigError, ResponseOptions, SessionConfig, apply_update, response_options
 from realtime.items import Content, Conversation, Item, ItemError, Span, heard_text, new_id, parse_item
@@ -262,9 +263,11 @@ class RealtimeSession:
         silence = td.effective_silence_ms if td else TAIL_MS
         return min(TAIL_MS, silence - 32) * INTERNAL_RATE // 1000
 
-    def _transcription_args(self) -> tuple[str, str | None, str | None]:
+    def _transcription_args(self, item_id: str | None = None) -> tuple[str, str | None, str | None]:
+        """Model, language and prompt for the ASR of user item `item_id` (None: the turn still being spoken)."""
         t = self.config.transcription
-        return (t.model, t.language, t.prompt) if t else ("whisper-1", None, None)
+        model, language, prompt = (t.model, t.language, t.prompt) if t else ("whisper-1", None, None)
+        return model, language, transcription_prompt(prompt, self.conversation, before=item_id)
 
     def _speculate(self, turn: SpeechPaused) -> list[Command]:
         end = min(turn.end + self._tail(), self.buffer.total)
@@ -305,7 +308,7 @@ class RealtimeSession:
                     content=[Content("input_audio", audio_ms=len(audio) * 1000 / INTERNAL_RATE)])
         previous = self.conversation.add(item)
         self.pending_transcripts.add(item_id)
-        model, language, prompt = self._transcription_args()
+        model, language, prompt = self._transcription_args(item_id)
         return [Send(event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)),
                 Send(event("conversation.item.added", item=item, previous_item_id=previous)),
                 Send(event("conversation.item.done", item=item, previous_item_id=previous)),
@@ -357,7 +360,7 @@ class RealtimeSession:
         needs_asr = audio is not None and not any(c.transcript for c in item.content if c.type == "input_audio")
         if needs_asr:
             self.pending_transcripts.add(item.id)
-            model, language, prompt = self._transcription_args()
+            model, language, prompt = self._transcription_args(item.id)
             out.append(Transcribe(item.id, audio, model, language, prompt, None, self.config.transcription is not None))
         return out
 

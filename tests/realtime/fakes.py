@@ -98,12 +98,14 @@ class CannedASR:
     def __init__(self, texts: list[str] | None = None):
         self.texts = list(texts or [])
         self.calls = 0
+        self.prompts: list[str | None] = []  # what each utterance decode was prompted with
 
     def transcribe(self, audio, options=None) -> _Transcript:
         self.calls += 1
         return _Transcript(self.texts.pop(0) if self.texts else "hello")
 
-    def transcribe_utterance(self, audio, language=None, prompt=None) -> str:
+    def transcribe_utterance(self, audio, language=None, prompt=None, beam_size=1) -> str:
+        self.prompts.append(prompt)
         return self.transcribe(audio).text
 
 

@@ -279,3 +279,29 @@ def test_truncating_the_item_being_spoken_cancels_the_response_first(session):
     out = session.handle(ItemTruncate(None, item_id, 0, 250), 0)
     assert sends(out) == ["conversation.item.truncated"]
     assert session.conversation.get(item_id).content[0].transcript == "One two"
+
+
+def test_the_next_turn_is_transcribed_with_the_assistants_last_words_as_prompt(session):
+    """Whisper hears the user's answer after the bot's question, as the user did (realtime/asr_prompt.py)."""
+    first_turn = first(speak_turn(session), Transcribe)
+    assert first_turn.prompt is None  # nothing was said before the first turn
+    session.transcription_done(first_turn.item_id, "I need a forecast.", 1.0)
+    _, rid = run_answer(session, ["Sure. ", "Which city is the forecast for?"])
+    session.response_finish(rid, "completed")
+    session.handle(SessionUpdate(None, {"input_audio_transcription": {"model": "whisper-1", "prompt": "Boston"}}), 0)
+    cmds = speak_turn(session)
+    spec, asr = first(cmds, Speculate), first(cmds, Transcribe)
+    assert asr.prompt == "Boston Sure. Which city is the forecast for?"
+    assert spec.prompt == asr.prompt  # the speculative decode is the one the turn reuses: same input
+
+
+def test_the_prompt_holds_only_what_the_user_heard(session):
+    speak_turn(session)
+    session.transcription_done(session.conversation.items[0].id, "Tell me a story.", 1.0)
+    _, rid = run_answer(session, ["Once upon a time there was a fox. ", "It lived in a dark forest by a river."],
+                        audio_ms_per_piece=2000)
+    session.response_finish(rid, "completed")
+    item = next(i for i in session.conversation.items if i.role == "assistant")
+    session.handle(ItemTruncate(None, item.id, 0, 3000), 0)
+    asr = first(speak_turn(session), Transcribe)
+    assert asr.prompt == "Once upon a time there was a fox. It lived in a"
