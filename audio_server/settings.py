@@ -26,6 +26,15 @@ class Settings:
     #: ~3× cheaper than Whisper's 30 s on CPU with near-identical text (asr/whisper_asr.py); 30 = always
     #: faster-whisper's own 30 s decode
     asr_utterance_window_s: float = 20.4
+    #: beam width for the final text of a short utterance (realtime and phone turns, streaming finals); 1 =
+    #: greedy. Beam 5 cut WER on phone speech in other voices from 47.6% to 41.4% for ~20% more decode time
+    #: (bench/RESULTS.md "Phone-line ASR")
+    asr_beam_size: int = 5
+    #: language the ASR assumes where a request names none (HTTP transcriptions, streaming ASR); empty =
+    #: detect it per request. Detection on a few seconds of narrow-band speech can pick another script
+    asr_language: str = ""
+    #: language of phone calls (Twilio) unless the stream's customParameters.language names another
+    phone_language: str = "en"
     #: worker threads for model calls (ASR, TTS); more than the core count only adds contention
     model_workers: int = 2
     #: largest upload accepted by /v1/audio/transcriptions (OpenAI's limit is 25 MB)
@@ -125,6 +134,12 @@ class Settings:
             raise ValueError("max_sessions must be between 1 and 100000")
         if self.max_upload_bytes < 1024 or self.max_ws_message_bytes < 1024:
             raise ValueError("max_upload_bytes and max_ws_message_bytes must be at least 1024")
+        if not 1 <= self.asr_beam_size <= 10:
+            raise ValueError("asr_beam_size must be between 1 and 10")
+        for name in ("asr_language", "phone_language"):
+            value = getattr(self, name)
+            if value and not (value.isascii() and value.isalpha() and 2 <= len(value) <= 3):
+                raise ValueError(f"{name} must be an ISO-639-1 code such as 'en' (got {value!r})")
         if not 10.0 <= self.asr_utterance_window_s <= 30.0:
             raise ValueError("asr_utterance_window_s must be between 10 and 30 seconds (Whisper's window)")
         self._check_limits()
