@@ -9,7 +9,7 @@ PORT   ?= 8000
 PRESET ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: install serve test bench clean chromium
+.PHONY: install serve test bench clean chromium espeak
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/voxline serve --host $(HOST) --port $(PORT) --preset $(PRESET)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium espeak
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's headless Chromium for tests/webrtc/test_browser_e2e.py (Playwright drives it; no browser download).
@@ -32,6 +32,12 @@ test: $(STAMP) chromium
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo ">> chromium could not be installed: the browser end-to-end tests will be skipped"
+
+# Debian's espeak-ng: voices other than Piper's for the phone tests (tests/voices.py) and bench/phone_asr.py.
+# Idempotent; without it those tests use Piper's voice alone and say so.
+espeak:
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng) \
+		|| echo ">> espeak-ng could not be installed: the phone tests will use Piper's voice only"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

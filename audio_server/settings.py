@@ -26,11 +26,11 @@ class Settings:
     #: ~3× cheaper than Whisper's 30 s on CPU with near-identical text (asr/whisper_asr.py); 30 = always
     #: faster-whisper's own 30 s decode
     asr_utterance_window_s: float = 20.4
-    #: beam width for the final text of a short utterance (realtime and phone turns, streaming finals); 1 =
+    #: beam width for the final text of a short utterance (realtime and phone turns); 1 =
     #: greedy. Beam 5 cut WER on phone speech in other voices from 47.6% to 41.4% for ~20% more decode time
     #: (bench/RESULTS.md "Phone-line ASR")
     asr_beam_size: int = 5
-    #: language the ASR assumes where a request names none (HTTP transcriptions, streaming ASR); empty =
+    #: language the ASR assumes where an HTTP transcription names none (sockets default to en); empty =
     #: detect it per request. Detection on a few seconds of narrow-band speech can pick another script
     asr_language: str = ""
     #: language of phone calls (Twilio) unless the stream's customParameters.language names another
