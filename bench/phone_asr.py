@@ -21,7 +21,10 @@ makes), so each row is a choice the service can make:
 - `beam5+question`: both;
 - `tiny.en` / `tiny.en+question`: the second packaged model (Whisper tiny.en) for comparison.
 
-    python -m bench.phone_asr [--configs greedy,beam5,...] [--sets real,voices] [--quick]
+Before this benchmark a phone turn decoded as `greedy` and an HTTP transcription without `language` as `auto`;
+now a phone turn decodes as `beam5+question` (`VOXLINE_ASR_BEAM_SIZE`, `realtime/asr_prompt.py`).
+
+    python -m bench.phone_asr [--configs greedy,beam5,...] [--sets real,voices] [--lines 16k,twilio] [--quick]
 """
 
 from __future__ import annotations
@@ -212,7 +215,10 @@ def main(argv=None) -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--lines", default=",".join(LINES))
     parser.add_argument("--show", action="store_true", help="print every transcript")
+    parser.add_argument("--quick", action="store_true", help="before and after only, 16k and twilio lines")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.lines = "greedy,beam5+question", "16k,twilio"
     sets, configs, lines = (a.split(",") for a in (args.sets, args.configs, args.lines))
     print(f"phone ASR, {today()}, {machine()}", flush=True)
     rows = run(sets, configs, lines, args.show)
