@@ -174,8 +174,9 @@ def run(sets: list[str], configs: list[str], lines: list[str], show: bool = Fals
         print(f"{set_name}: {len(set_clips)} clips, {seconds:.1f} s", flush=True)
         prepared = {line: [through(line, c.audio) for c in set_clips] for line in lines}
         for config in configs:
-            if "question" in config and all(c.question is None for c in set_clips):
-                continue  # no conversation to take a prompt from
+            without = config.replace("+question", "").replace("question", "greedy")
+            if without != config and without in configs and all(c.question is None for c in set_clips):
+                continue  # no conversation to take a prompt from: the same decode as `without`
             row = {"set": set_name, "config": config}
             for line in lines:
                 t0 = time.perf_counter()
