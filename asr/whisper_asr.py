@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class Segment:
     words: tuple[Word, ...] = ()
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    tokens: int = 0  # text tokens decoded (a transcription's usage.output_tokens)
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,20 @@ class WhisperASR:
     # ---- full decode -------------------------------------------------------------------------------
     def transcribe(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()) -> Transcript:
         """audio: float32 mono at 16 kHz. Long audio is handled in 30 s windows."""
-        audio = np.asarray(audio, np.float32)
         duration = len(audio) / SAMPLE_RATE
-        if duration < 0.1:
-            return Transcript("", options.language or "en", duration)
+        segments, language = self.stream_segments(audio, options)
+        segments = tuple(segments)
+        text = " ".join(s.text for s in segments if s.text).strip()
+        return Transcript(text, language, duration, segments)
+
+    def stream_segments(self, audio: np.ndarray, options: DecodeOptions = DecodeOptions()
+                        ) -> tuple[Iterator[Segment], str]:
+        """The segments as each 30 s window is decoded (a lazy iterator: each `next` decodes), and the language
+        (given, or detected from the first window before this returns). `transcribe` collects them; a streamed
+        transcription sends each one as it comes."""
+        audio = np.asarray(audio, np.float32)
+        if len(audio) / SAMPLE_RATE < 0.1:
+            return iter(()), options.language or "en"
         language = options.language if not self.english_only else "en"
         segments_iter, info = self.model.transcribe(
             audio,
@@ -129,13 +141,18 @@ class WhisperASR:
             without_timestamps=not options.timestamps and not options.word_timestamps,
             vad_filter=False,
         )
-        segments = []
-        for seg in segments_iter:
-            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in (seg.words or ()))
-            segments.append(Segment(len(segments), seg.start, seg.end, seg.text.strip(), words,
-                                    seg.avg_logprob, seg.no_speech_prob))
-        text = " ".join(s.text for s in segments if s.text).strip()
-        return Transcript(text, info.language, duration, tuple(segments))
+
+        def segments() -> Iterator[Segment]:
+            for index, seg in enumerate(segments_iter):
+                words = tuple(Word(w.start, w.end, w.word, w.probability) for w in (seg.words or ()))
+                yield Segment(index, seg.start, seg.end, seg.text.strip(), words, seg.avg_logprob,
+                              seg.no_speech_prob, len(seg.tokens))
+
+        return segments(), info.language
+
+    def prompt_tokens(self, prompt: str | None) -> int:
+        """How many tokens `prompt` is to the decoder (the text part of a transcription's usage)."""
+        return len(self.model.hf_tokenizer.encode(" " + prompt.strip()).ids) if prompt and prompt.strip() else 0
 
     # ---- cheap provisional decode -----------------------------------------------------------------
     def _tokenizer(self, language: str):

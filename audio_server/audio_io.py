@@ -2,8 +2,12 @@
 
 Decoding: soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3) first, PyAV (FFmpeg) for the rest
 (m4a, webm, mp4, …). Resampling: soxr (high quality, streaming-capable). Encoding for `/v1/audio/speech`:
-wav and pcm are written directly so they can stream sentence by sentence; flac, mp3, opus and aac go
-through PyAV into a write-only sink that is drained after every sentence.
+wav and pcm are written directly so they can stream sentence by sentence; mp3, opus and aac go through PyAV
+into a write-only sink that is drained after every sentence. FLAC is the exception: its header (STREAMINFO)
+carries the total sample count, and a FLAC streamed without one (0 = unknown) is valid but unreadable by
+libsndfile (`soundfile.read` sizes its array from that count). So FLAC is encoded into a seekable buffer,
+which FFmpeg's muxer rewinds to fill in the count and MD5, and sent once the whole input is synthesised:
+stream wav, pcm, mp3, opus or aac where the first byte's latency matters.
 """
 
 from __future__ import annotations
@@ -243,6 +247,15 @@ class _Sink(io.RawIOBase):
         return out
 
 
+class _SeekableSink(io.BytesIO):
+    """An in-memory file the muxer may rewind; `drain()` gives nothing until the container is complete."""
+
+    complete = False  # set once the muxer has closed the container (and rewritten the header)
+
+    def drain(self) -> bytes:
+        return self.getvalue() if self.complete else b""
+
+
 class SpeechEncoder:
     """int16 PCM chunks in, encoded bytes out, chunk by chunk. `finish()` returns the tail."""
 
@@ -264,7 +277,8 @@ class SpeechEncoder:
 
         container_fmt, codec = {"flac": ("flac", "flac"), "mp3": ("mp3", "libmp3lame"),
                                 "opus": ("ogg", "libopus"), "aac": ("adts", "aac")}[self.fmt]
-        self._sink = _Sink()
+        # FLAC: seekable, so the muxer writes the length into STREAMINFO on close (see the module docstring)
+        self._sink = _SeekableSink() if self.fmt == "flac" else _Sink()
         self._container = av.open(self._sink, mode="w", format=container_fmt)
         self._stream = self._container.add_stream(codec, rate=self.out_rate, layout="mono")
         self._pts = 0
@@ -293,6 +307,7 @@ class SpeechEncoder:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             self._container.close()
+            self._sink.complete = True
         return self._sink.drain()
 
     def finish(self) -> bytes:

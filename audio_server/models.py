@@ -16,6 +16,16 @@ from audio_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_CREATED = 1763856000  # 2025-11-23, a fixed date: models are packaged, not trained here
+#: OpenAI's model names, accepted as aliases of ours so that SDK examples work unchanged (one list each,
+#: used by the routes and by /v1/models)
+ASR_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+TTS_MODEL = "piper-joe"
+TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+#: realtime sessions accept any model name that is not a chat model id (realtime.engine_provider); these are
+#: the ones OpenAI's clients send by default
+REALTIME_ALIASES = ("gpt-realtime", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview")
+
 
 class ModelHub:
     def __init__(self, settings: Settings):
@@ -89,40 +99,52 @@ class ModelHub:
         if self.settings.pipeline == "unified":
             self.unified()
 
-    def model_cards(self) -> list[dict]:
-        """What `/v1/models` lists: the preset's models, whether or not they are loaded yet."""
+    def model_cards(self, *, everything: bool = False) -> list[dict]:
+        """What `/v1/models` lists: every name a route accepts (aliases included, each saying what it stands
+        for), whether or not the model is loaded yet. Test-only models (random weights) are accepted and can be
+        retrieved, but are listed only when `everything` or when they are what this server serves."""
         from asr.embedded import EMBEDDED_WHISPER
-
-        created = 1763856000  # 2025-11-23, a fixed date: models are packaged, not trained here
-        cards = [{"id": name, "object": "model", "created": created, "owned_by": "voxline",
-                  "kind": "asr", "description": info.description} for name, info in EMBEDDED_WHISPER.items()]
-        cards.append({"id": "whisper-1", "object": "model", "created": created, "owned_by": "voxline",
-                      "kind": "asr", "description": f"alias of {self.settings.asr_model}"})
-        cards.append({"id": "piper-joe", "object": "model", "created": created, "owned_by": "voxline",
-                      "kind": "tts", "description": "Piper VITS en_US joe medium, 22.05 kHz"})
-        for alias in ("tts-1", "gpt-4o-mini-tts"):
-            cards.append({"id": alias, "object": "model", "created": created, "owned_by": "voxline",
-                          "kind": "tts", "description": "alias of piper-joe"})
+        from runtime.llm import OPENAI_CHAT_ALIASES, TEST_ONLY, default_model
+        from runtime.llm import ALIASES as LLM_ALIASES
         from runtime.llm import model_cards as llm_cards
 
-        cards += llm_cards(created)
-        cards.append({"id": "silero-vad", "object": "model", "created": created, "owned_by": "voxline",
-                      "kind": "vad", "description": "Silero VAD (ONNX)"})
+        def card(model_id: str, kind: str, description: str, **extra) -> dict:
+            return {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "voxline", "kind": kind,
+                    "description": description, **extra}
+
+        cards = [card(name, "asr", info.description) for name, info in EMBEDDED_WHISPER.items()]
+        cards += [card(alias, "asr", f"alias of {self.settings.asr_model}", alias_of=self.settings.asr_model)
+                  for alias in ASR_ALIASES]
+        cards.append(card(TTS_MODEL, "tts", "Piper VITS en_US joe medium, 22.05 kHz"))
+        cards += [card(alias, "tts", f"alias of {TTS_MODEL}", alias_of=TTS_MODEL) for alias in TTS_ALIASES]
+        served = default_model()
+        cards += [c for c in llm_cards(_CREATED) if everything or c["id"] not in TEST_ONLY or c["id"] == served
+                  or self.settings.preset == "tiny"]
+        cards += [card(alias, "llm", f"alias of {target}", alias_of=target) for alias, target in LLM_ALIASES.items()]
+        cards += [card(alias, "llm", f"alias of the default chat model ({served})", alias_of=served)
+                  for alias in OPENAI_CHAT_ALIASES]
+        cards += [card(alias, "realtime", f"alias: realtime sessions answer with the default chat model ({served})",
+                       alias_of=served) for alias in REALTIME_ALIASES]
+        cards.append(card("silero-vad", "vad", "Silero VAD (ONNX)"))
         if self.settings.pipeline == "unified":
-            cards.append({"id": "voxline-unified-tiny", "object": "model", "created": created, "owned_by": "voxline",
-                          "kind": "realtime", "description": "unified audio LLM pipeline (dual-codebook tokenizer, "
-                          "MTP audio LLM, streaming vocoder), tiny preset with random weights: mechanics only"})
+            cards.append(card("voxline-unified-tiny", "realtime", "unified audio LLM pipeline (dual-codebook "
+                              "tokenizer, MTP audio LLM, streaming vocoder), tiny preset with random weights: "
+                              "mechanics only"))
         return cards
+
+    def model_card(self, model_id: str) -> dict | None:
+        """`/v1/models/{id}`: the card of any name a route accepts (listed or test-only), else None."""
+        return next((c for c in self.model_cards(everything=True) if c["id"] == model_id), None)
 
     def resolve_asr_name(self, requested: str | None) -> str:
         from asr.embedded import EMBEDDED_WHISPER
 
-        if not requested or requested in ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
+        if not requested or requested in ASR_ALIASES:
             return self.settings.asr_model
         if requested in EMBEDDED_WHISPER:
             return requested
         raise ValueError(f"unknown transcription model {requested!r}; available: "
-                         f"whisper-1 (alias), {', '.join(EMBEDDED_WHISPER)}")
+                         f"{', '.join(ASR_ALIASES)} (aliases), {', '.join(EMBEDDED_WHISPER)}")
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

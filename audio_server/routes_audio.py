@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Literal
 
@@ -17,12 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from asr.whisper_asr import DecodeOptions
 from audio_server.audio_io import SPEECH_FORMATS, AudioDecodeError, SpeechEncoder, decode_audio
 from audio_server.errors import APIError
+from audio_server.models import TTS_ALIASES, TTS_MODEL
 from audio_server.subtitles import to_srt, to_verbose_json, to_vtt
 from audio_server.threads import iterate_in_thread
 from tts.piper_tts import SpeechOptions, UnknownVoice
 
 router = APIRouter()
 _FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+_ENCODER_POSITIONS_PER_S = 50  # Whisper's encoder: 1500 positions per 30 s window
 
 
 def _form_value(form, name: str, default=None):
@@ -90,26 +93,49 @@ async def transcriptions(request: Request):
         return PlainTextResponse(to_srt(transcript), media_type="application/x-subrip")
     if fmt == "vtt":
         return PlainTextResponse(to_vtt(transcript), media_type="text/vtt")
+    usage = _duration_usage(transcript.duration)
     if fmt == "verbose_json":
-        return JSONResponse(to_verbose_json(transcript, words=options.word_timestamps))
-    return JSONResponse({"text": transcript.text})
+        return JSONResponse({**to_verbose_json(transcript, words=options.word_timestamps), "usage": usage})
+    return JSONResponse({"text": transcript.text, "usage": usage})
 
 
 async def _transcribe_sse(hub, asr, audio: np.ndarray, options: DecodeOptions):
-    """OpenAI's streaming transcription events: `transcript.text.delta`* then `transcript.text.done`."""
+    """OpenAI's streaming transcription events: a `transcript.text.delta` as each segment is decoded (Whisper
+    decodes 30 s windows: a long file's first words arrive after its first window, not after the whole file),
+    then `transcript.text.done` with the text and the usage."""
     texts: list[str] = []
+    output_tokens = 0
 
     def segments():
-        yield from asr.transcribe(audio, options).segments
+        yield from asr.stream_segments(audio, options)[0]
 
     try:
         async for seg in iterate_in_thread(hub.executor, segments):
+            output_tokens += seg.tokens
+            if not seg.text:
+                continue
             delta = (" " if texts else "") + seg.text
             texts.append(seg.text)
             yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': delta})}\n\n"
-        yield f"data: {json.dumps({'type': 'transcript.text.done', 'text': ' '.join(texts)})}\n\n"
+        usage = _token_usage(asr, audio, options, output_tokens)
+        yield f"data: {json.dumps({'type': 'transcript.text.done', 'text': ' '.join(texts), 'usage': usage})}\n\n"
     except Exception as exc:
         yield f"data: {json.dumps({'type': 'error', 'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+
+
+def _token_usage(asr, audio: np.ndarray, options: DecodeOptions, output_tokens: int) -> dict:
+    """A streamed transcription's usage, in OpenAI's token form (`transcript.text.done.usage`): the audio
+    tokens are Whisper's encoder positions over the audio (50 a second), the text tokens the prompt's."""
+    audio_tokens = math.ceil(len(audio) / 16000 * _ENCODER_POSITIONS_PER_S)
+    text_tokens = asr.prompt_tokens(options.prompt)
+    return {"type": "tokens", "input_tokens": audio_tokens + text_tokens, "output_tokens": output_tokens,
+            "total_tokens": audio_tokens + text_tokens + output_tokens,
+            "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": text_tokens}}
+
+
+def _duration_usage(duration_s: float) -> dict:
+    """A transcription's usage as OpenAI gives it for whisper-1: the input's duration, in whole seconds."""
+    return {"type": "duration", "seconds": math.ceil(duration_s)}
 
 
 class SpeechRequest(BaseModel):
@@ -122,7 +148,7 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
 
 
-_TTS_MODELS = ("piper-joe", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+_TTS_MODELS = (TTS_MODEL, *TTS_ALIASES)  # one list with /v1/models (audio_server.models)
 
 
 @router.post("/v1/audio/speech")

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from audio_server.errors import APIError
+
 router = APIRouter()
 
 
@@ -22,6 +24,16 @@ async def healthz(request: Request):
 @router.get("/v1/models")
 async def models(request: Request):
     return JSONResponse({"object": "list", "data": request.app.state.hub.model_cards()})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request):
+    """One model or alias (`client.models.retrieve("whisper-1")`): any name the routes accept."""
+    card = request.app.state.hub.model_card(model_id)
+    if card is None:
+        raise APIError(404, f"the model {model_id!r} does not exist; GET /v1/models lists them",
+                       code="model_not_found", param="model")
+    return JSONResponse(card)
 
 
 @router.get("/metrics")

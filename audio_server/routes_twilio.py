@@ -1,9 +1,10 @@
-"""Twilio voice webhook: `POST /twilio/voice` answers a call with TwiML that connects a bidirectional
+"""Twilio voice webhook: `POST /twilio/voice` (or GET, which Twilio sends when the number's webhook is
+configured as HTTP GET: the call's parameters then come in the query string) answers a call with TwiML that connects a bidirectional
 Media Stream to our `/twilio/media` socket.
 
 Who may call it (checked before any work, like every other route):
 - with `twilio_auth_token`: only Twilio. The request must carry a valid `X-Twilio-Signature` (HMAC-SHA1
-  over the URL and the POSTed parameters, checked with the official `twilio` library), and a signed request
+  over the URL and the POSTed parameters — for a GET, over the URL with its query alone — checked with the official `twilio` library), and a signed request
   is accepted once: a replay of it within `REPLAY_WINDOW_S` is refused. The URL the signature covers is
   `public_url` when set, else the request's own scheme and Host; X-Forwarded-Proto/-Host count only with
   `trust_proxy_headers` (otherwise a caller could have a signature made for another host checked here);
@@ -96,7 +97,7 @@ def _seen_signatures(app) -> SeenOnce:
     return seen
 
 
-@router.post("/twilio/voice")
+@router.api_route("/twilio/voice", methods=["GET", "POST"])
 async def twilio_voice(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     if settings.twilio_auth_token:
@@ -107,11 +108,14 @@ async def twilio_voice(request: Request) -> Response:
         refusal = _key_refusal(request, settings)
         if refusal is not None:
             return refusal
-    form = await request.form(max_files=0, max_fields=100)
-    params = {k: v for k, v in form.items() if isinstance(v, str)}
+    if request.method == "GET":  # the URL (query included) is all Twilio signs; there is no body to read
+        params, signed = dict(request.query_params), {}
+    else:
+        form = await request.form(max_files=0, max_fields=100)
+        params = signed = {k: v for k, v in form.items() if isinstance(v, str)}
     url = _public_url(request, settings)
     if settings.twilio_auth_token:
-        _check_signature(request, settings, url, params)
+        _check_signature(request, settings, url, signed)
     call_sid = params.get("CallSid", "")
     if tokens_required(settings) and not valid_call_sid(call_sid):
         raise APIError(400, "CallSid is required (Twilio sends it with every call)", code="invalid_call_sid",

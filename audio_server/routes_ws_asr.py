@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket
 from asr.streaming import StreamingConfig, StreamingTranscriber
 from asr.vad import VADConfig
 from audio_server.audio_io import StreamResampler, pcm16_to_float
+from audio_server.query_params import query_number
 from audio_server.ws_common import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -34,15 +35,14 @@ router = APIRouter()
 
 
 def _config_from_query(q) -> tuple[int, str, StreamingConfig]:
-    rate = int(q.get("sample_rate", 16000))
-    if not 8000 <= rate <= 48000:
-        raise ValueError("sample_rate must be between 8000 and 48000")
-    vad = VADConfig(threshold=float(q.get("threshold", 0.5)),
-                    silence_duration_ms=int(q.get("silence_ms", 400)),
-                    prefix_padding_ms=int(q.get("prefix_padding_ms", 300)))
+    rate = int(query_number(q, "sample_rate", 16000, integer=True, low=8000, high=48000))
+    vad = VADConfig(threshold=query_number(q, "threshold", 0.5, integer=False, low=0, high=1),
+                    silence_duration_ms=int(query_number(q, "silence_ms", 400, integer=True, low=0, high=10000)),
+                    prefix_padding_ms=int(query_number(q, "prefix_padding_ms", 300, integer=True, low=0, high=5000)))
     config = StreamingConfig(vad=vad, language=q.get("language") or "en",
                              partials=q.get("partials", "true").lower() != "false",
-                             partial_interval_s=float(q.get("partial_interval", 0.5)))
+                             partial_interval_s=query_number(q, "partial_interval", 0.5, integer=False, low=0.1,
+                                                             high=10))
     return rate, q.get("model") or "", config
 
 

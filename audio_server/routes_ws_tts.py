@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import APIRouter, WebSocket
 
 from audio_server.audio_io import StreamResampler
+from audio_server.query_params import query_number
 from audio_server.threads import iterate_in_thread
 from audio_server.ws_common import (
     CLOSE_INTERNAL,
@@ -64,10 +65,9 @@ async def tts_stream(ws: WebSocket) -> None:
         loop = asyncio.get_running_loop()
         tts = await loop.run_in_executor(hub.executor, hub.tts)
         try:
-            options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")), speed=float(q.get("speed", 1.0)))
-            out_rate = int(q.get("sample_rate", tts.sample_rate))
-            if not 8000 <= out_rate <= 48000:
-                raise ValueError("sample_rate must be between 8000 and 48000")
+            options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")),
+                                    speed=query_number(q, "speed", 1.0, integer=False, low=0.25, high=4.0))
+            out_rate = int(query_number(q, "sample_rate", tts.sample_rate, integer=True, low=8000, high=48000))
         except (ValueError, UnknownVoice) as exc:
             await session.error("invalid_parameters", str(exc))
             session.end(CLOSE_POLICY, "invalid parameters")

@@ -34,6 +34,11 @@ ALIASES: dict[str, str] = {
     "qwen2.5-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
     "smollm2": "smollm2-135m-instruct",
 }
+#: OpenAI's chat model names the SDK's examples send: aliases of the default model (whichever that is), as
+#: whisper-1, tts-1 and gpt-realtime are of ours. The response's `model` names the model that answered.
+OPENAI_CHAT_ALIASES = ("gpt-4o", "gpt-4o-mini")
+#: built for tests (random weights): served when asked for by name, not offered in /v1/models
+TEST_ONLY = frozenset({"tiny-vlm-random"})
 DESCRIPTIONS: dict[str, str] = {name: s.description for name, s in EMBEDDED_LLMS.items()}
 DESCRIPTIONS["tiny-vlm-random"] = ("tiny vision-language model with RANDOM weights, built in code to test "
                                    "the image path (its answers are meaningless)")
@@ -49,11 +54,12 @@ def default_model() -> str:
 
 def resolve(name: str | None) -> str:
     """A model id from a client's ``model`` (None -> the default); ValueError names the choices."""
-    if not name:
+    if not name or name in OPENAI_CHAT_ALIASES:
         return default_model()
     name = ALIASES.get(name, name)
     if name not in REGISTRY:
-        raise ValueError(f"unknown chat model {name!r}; available: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown chat model {name!r}; available: {', '.join(REGISTRY)} "
+                         f"({', '.join(OPENAI_CHAT_ALIASES)}: the default, {default_model()})")
     return name
 
 
