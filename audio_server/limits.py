@@ -62,17 +62,30 @@ class RequestLimits:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except Exception as exc:  # BaseHTTPMiddleware reads bodies in a task group: it may come grouped
-            if started or not _too_large(exc):
+            if started or not too_large(exc):
                 raise
             await _reply_413(send, self.max_bytes)
 
 
-def _too_large(exc: BaseException) -> bool:
-    if isinstance(exc, BodyTooLarge):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_too_large(e) for e in exc.exceptions)
-    return _too_large(exc.__cause__) if exc.__cause__ is not None else False
+def too_large(exc: BaseException) -> bool:
+    """Whether `BodyTooLarge` is anywhere in the exception's chain: its causes, contexts and group members.
+
+    Iterative with a seen-set: Starlette's BaseHTTPMiddleware re-raises `exc from exc.__cause__ or
+    exc.__context__`, and nested middleware can make that chain a cycle (a recursive walk then ended in
+    RecursionError, a 500 and a reset connection)."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, BodyTooLarge):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 def _content_length(scope: Scope) -> int | None:

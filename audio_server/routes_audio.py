@@ -21,6 +21,7 @@ from audio_server.errors import APIError
 from audio_server.models import TTS_ALIASES, TTS_MODEL
 from audio_server.subtitles import to_srt, to_verbose_json, to_vtt
 from audio_server.threads import iterate_in_thread
+from realtime.languages import UnknownLanguage, whisper_language
 from tts.piper_tts import SpeechOptions, UnknownVoice
 
 router = APIRouter()
@@ -33,6 +34,13 @@ def _form_value(form, name: str, default=None):
     if isinstance(value, UploadFile):
         raise APIError(400, f"'{name}' must be a form field, not a file", param=name)
     return value
+
+
+def _language(value) -> str | None:
+    try:
+        return whisper_language(value if isinstance(value, str) else None)
+    except UnknownLanguage as exc:  # before any decoding: a 400 naming the parameter, as OpenAI answers it
+        raise APIError(400, str(exc), param="language", code="invalid_language_format") from None
 
 
 @router.post("/v1/audio/transcriptions")
@@ -65,7 +73,7 @@ async def transcriptions(request: Request):
         options = DecodeOptions(
             # Without a language Whisper detects one, which on a few seconds of phone audio can be another
             # script's: a server that knows its callers' language says so (VOXLINE_ASR_LANGUAGE).
-            language=_form_value(form, "language") or settings.asr_language or None,
+            language=_language(_form_value(form, "language")) or settings.asr_language or None,
             prompt=_form_value(form, "prompt") or None,
             temperature=float(_form_value(form, "temperature", 0) or 0),
             word_timestamps="word" in form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"),

@@ -173,12 +173,15 @@ async def _engine(request: Request, model: str | None):
 
 
 async def _first(stream: AsyncIterator[ChatDelta]) -> ChatDelta:
-    """The first delta; engine refusals (ValueError subclasses) become 400s."""
+    """The first delta; engine refusals (ValueError subclasses) become 400s with the refusal's code (a
+    prompt too long for the model: `context_length_exceeded`, checked before it is tokenized)."""
     try:
         return await stream.__anext__()
     except ValueError as exc:
         await stream.aclose()
-        raise APIError(400, str(exc), code="invalid_request") from exc
+        code = getattr(exc, "code", None) or "invalid_request"
+        raise APIError(400, str(exc), code=code,
+                       param="messages" if code == "context_length_exceeded" else None) from exc
     except StopAsyncIteration:
         raise APIError(500, "the engine produced no output", code="internal_error", type="server_error") from None
 

@@ -93,7 +93,8 @@ async def realtime(ws: WebSocket) -> None:
                      "slow_consumer")
 
         session = RealtimeSession(new_id("sess"), vad, SessionConfig(model=model),
-                                  max_buffer_seconds=settings.max_input_buffer_s)
+                                  max_buffer_seconds=settings.max_input_buffer_s,
+                                  max_conversation_bytes=settings.max_conversation_bytes)
         runner = SessionRunner(session, hub, load_engine, send, dialect, on_turn_latency=observe,
                                max_append_bytes=settings.max_append_bytes,
                                max_queued_events=settings.max_queued_events, on_backlog=backlog)

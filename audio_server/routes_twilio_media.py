@@ -228,7 +228,8 @@ class TwilioCall:
         model = "voxline-realtime"
         settings = self.app.state.settings
         session = RealtimeSession(new_id("sess"), vad, session_config(params, model, settings.phone_language),
-                                  max_buffer_seconds=settings.max_input_buffer_s)
+                                  max_buffer_seconds=settings.max_input_buffer_s,
+                                  max_conversation_bytes=settings.max_conversation_bytes)
         loop = asyncio.get_running_loop()
         app = self.app
 

@@ -29,6 +29,7 @@ from audio_server.ws_common import (
     parse_control,
     registry,
 )
+from realtime.languages import whisper_language
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -39,7 +40,7 @@ def _config_from_query(q) -> tuple[int, str, StreamingConfig]:
     vad = VADConfig(threshold=query_number(q, "threshold", 0.5, integer=False, low=0, high=1),
                     silence_duration_ms=int(query_number(q, "silence_ms", 400, integer=True, low=0, high=10000)),
                     prefix_padding_ms=int(query_number(q, "prefix_padding_ms", 300, integer=True, low=0, high=5000)))
-    config = StreamingConfig(vad=vad, language=q.get("language") or "en",
+    config = StreamingConfig(vad=vad, language=whisper_language(q.get("language")) or "en",
                              partials=q.get("partials", "true").lower() != "false",
                              partial_interval_s=query_number(q, "partial_interval", 0.5, integer=False, low=0.1,
                                                              high=10))

@@ -85,6 +85,12 @@ class Settings:
     idle_timeout_s: float = 300.0
     #: a send the client does not read within this is a slow consumer: the session ends, close 1008
     send_timeout_s: float = 10.0
+    #: protocol errors (bad or refused messages) a streaming ASR/TTS socket may cause in one second; one
+    #: more and it is closed (error too_many_errors, close 1008). Error log lines are one per session per second
+    max_protocol_errors_per_s: int = 50
+    #: memory the text of one realtime conversation may hold (items' text, transcripts, tool calls and
+    #: outputs); the oldest items are dropped beyond it, and a single item larger than it is refused
+    max_conversation_bytes: int = 4 * 1024 * 1024
     #: events a realtime session may queue for its client (audio is paced; this bounds a client that
     #: floods requests without reading replies); beyond it the client is dropped as a slow consumer
     max_queued_events: int = 2048
@@ -174,6 +180,10 @@ class Settings:
                 raise ValueError(f"{name} must be between {low:g} and {high:g} seconds")
         if not (self.idle_timeout_s == 0 or 0.05 <= self.idle_timeout_s <= 86400):
             raise ValueError("idle_timeout_s must be 0 (never) or between 0.05 and 86400 seconds")
+        if not 1 <= self.max_protocol_errors_per_s <= 100_000:
+            raise ValueError("max_protocol_errors_per_s must be between 1 and 100000")
+        if not 64 * 1024 <= self.max_conversation_bytes <= 1024 ** 3:
+            raise ValueError("max_conversation_bytes must be between 64 KiB and 1 GiB")
         if not 256 <= self.max_queued_events <= 1_000_000:  # above the stream lane's own 64 (realtime/outbox.py)
             raise ValueError("max_queued_events must be between 256 and 1000000")
 

@@ -155,7 +155,8 @@ class WebRTCPeer:
         self.speaker = SpeakerTrack(on_event=self._playback_event)
         self.mic = MicInput()
         s = self.settings
-        self.session = RealtimeSession(new_id("sess"), vad, config, max_buffer_seconds=s.max_input_buffer_s)
+        self.session = RealtimeSession(new_id("sess"), vad, config, max_buffer_seconds=s.max_input_buffer_s,
+                                       max_conversation_bytes=s.max_conversation_bytes)
         loop = asyncio.get_running_loop()
         model = config.model
 

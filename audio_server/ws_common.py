@@ -63,6 +63,7 @@ class SocketSession:
         self.task = asyncio.current_task()
         self.finished = asyncio.Event()  # the route has cleaned up (what shutdown waits for)
         self._receiving: asyncio.Timeout | None = None
+        self.errors = ErrorBudget(getattr(settings, "max_protocol_errors_per_s", 50))
 
     # ---- ending --------------------------------------------------------------------------------------
     @property
@@ -137,15 +138,28 @@ class SocketSession:
                 self.closed = True
 
     async def error(self, code: str, message: str, **extra) -> None:
+        """Answer a bad message with an `error` event; the session carries on — unless this is one more
+        than `max_protocol_errors_per_s` in a second: a flood, ended with `too_many_errors` (1008).
+        Logged at most once a second per session, with the count of those not logged."""
         self.metrics.ws_errors.labels(self.kind, code).inc()
-        log.info("[%s] protocol error %s: %s", self.id, code, message)
+        flooded, unlogged = self.errors.count(time.monotonic())
+        if unlogged is not None:
+            more = f" (+{unlogged} not logged since the last line)" if unlogged else ""
+            log.info("[%s] protocol error %s: %.200s%s", self.id, code, message, more)
         await self.send_json({"type": "error", "code": code, "message": message, **extra})
+        if flooded and not self.ended:
+            reason = f"more than {self.errors.limit} protocol errors in one second (max_protocol_errors_per_s)"
+            await self.send_json({"type": "error", "code": "too_many_errors", "message": reason})
+            self.end(CLOSE_POLICY, reason, "too_many_errors")
 
     # ---- receiving -----------------------------------------------------------------------------------
     async def receive(self) -> tuple[str, object]:
         """Next client message as ("text", str) | ("bytes", bytes) | ("close", None). "close" also when the
         session was ended (`end()`), or no message came for `idle_timeout` (the session is then ended with
         `idle_timeout`)."""
+        # Messages already buffered are returned without suspending: a client that floods tiny messages
+        # would hold the loop (every other session, /healthz) for as long as its burst lasts. Yield each time.
+        await asyncio.sleep(0)
         if self.end_code is not None:
             return "close", None
         try:
@@ -163,6 +177,28 @@ class SocketSession:
         if message.get("bytes") is not None:
             return "bytes", message["bytes"]
         return "text", message.get("text") or ""
+
+
+class ErrorBudget:
+    """Protocol errors of one session, counted per second: what may be logged, and when it is a flood."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._window_start = float("-inf")
+        self._in_window = 0
+        self._last_logged = float("-inf")
+        self._unlogged = 0
+
+    def count(self, now: float) -> tuple[bool, int | None]:
+        """One more error at `now` → (over the limit, None when not to be logged else how many were not)."""
+        if now - self._window_start >= 1.0:
+            self._window_start, self._in_window = now, 0
+        self._in_window += 1
+        if now - self._last_logged < 1.0:
+            self._unlogged += 1
+            return self._in_window > self.limit, None
+        unlogged, self._unlogged, self._last_logged = self._unlogged, 0, now
+        return self._in_window > self.limit, unlogged
 
 
 # ---- the registry: limits, session timers, shutdown --------------------------------------------------

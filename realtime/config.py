@@ -10,12 +10,22 @@ Every bad value raises `ConfigError` with the parameter path, which becomes an `
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 from realtime.audio import PCM16, AudioFormat, parse_format
+from realtime.languages import UnknownLanguage, whisper_language
 
 MAX_OUTPUT_TOKENS_CAP = 1024  # what "inf" means here: a 0.5B model on CPU answers a voice turn in far fewer
 VOICES_HINT = "joe (OpenAI voice names are accepted as aliases)"
+#: Longest `instructions` (session or response). OpenAI documents no limit; its realtime models' context is
+#: 32k tokens (~128k characters) and ours hold 4k. Every response renders and tokenizes them again, so a
+#: 15 MB string cost ~12 s of CPU per `response.create`: anything past this cannot be a prompt.
+MAX_INSTRUCTIONS_CHARS = 64 * 1024
+#: Most function tools, and the characters of their names, descriptions and JSON schemas together (they are
+#: rendered into every prompt too). OpenAI's chat API takes at most 128 tools.
+MAX_TOOLS = 128
+MAX_TOOLS_CHARS = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -162,11 +172,23 @@ def parse_voice(value: object, where: str) -> str:
     return name.strip().lower()
 
 
+def parse_instructions(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError("'instructions' must be a string", where)
+    if len(value) > MAX_INSTRUCTIONS_CHARS:
+        raise ConfigError(f"'instructions' is {len(value)} characters; at most {MAX_INSTRUCTIONS_CHARS} are "
+                          "accepted", where, code="string_above_max_length")
+    return value
+
+
 def parse_tools(value: object, where: str) -> tuple[Tool, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
         raise ConfigError(f"'{where}' must be a list of function tools", where)
+    if len(value) > MAX_TOOLS:
+        raise ConfigError(f"at most {MAX_TOOLS} tools are accepted (got {len(value)})", where,
+                          code="array_above_max_length")
     tools = []
     for i, t in enumerate(value):
         t = _obj(t, f"{where}[{i}]")
@@ -180,6 +202,10 @@ def parse_tools(value: object, where: str) -> tuple[Tool, ...]:
         if not isinstance(params, dict):
             raise ConfigError("'parameters' must be a JSON schema object", f"{where}[{i}].parameters")
         tools.append(Tool(name, str(fn.get("description") or ""), params))
+    chars = sum(len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in tools)
+    if chars > MAX_TOOLS_CHARS:
+        raise ConfigError(f"the tools' names, descriptions and schemas hold {chars} characters; at most "
+                          f"{MAX_TOOLS_CHARS} are accepted", where, code="string_above_max_length")
     return tuple(tools)
 
 
@@ -232,8 +258,12 @@ def _transcription(value: object, where: str) -> Transcription | None:
     if not isinstance(model, str):
         raise ConfigError("'model' must be a string", f"{where}.model")
     language = d.get("language")
-    if language is not None and (not isinstance(language, str) or not 2 <= len(language) <= 8):
+    if language is not None and not isinstance(language, str):
         raise ConfigError("'language' must be an ISO-639-1 code such as 'en'", f"{where}.language")
+    try:
+        language = whisper_language(language)
+    except UnknownLanguage as exc:
+        raise ConfigError(str(exc), f"{where}.language") from None
     prompt = d.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ConfigError("'prompt' must be a string", f"{where}.prompt")
@@ -259,9 +289,8 @@ def apply_update(config: SessionConfig, update: object, *, audio_sent: bool = Fa
                           "session.type")
     c: dict = {}
     if "instructions" in s:
-        if s["instructions"] is not None and not isinstance(s["instructions"], str):
-            raise ConfigError("'instructions' must be a string", "session.instructions")
-        c["instructions"] = s["instructions"] or ""
+        value = s["instructions"]
+        c["instructions"] = parse_instructions("" if value is None else value, "session.instructions")
     if "output_modalities" in s:
         c["audio_out"] = parse_modalities(s["output_modalities"], "session.output_modalities")
     if "modalities" in s:
@@ -401,9 +430,7 @@ def response_options(config: SessionConfig, overrides: object) -> ResponseOption
                     "conversation", "input", "metadata", "prompt", "parallel_tool_calls", "reasoning"}, "response")
     c: dict = {}
     if "instructions" in r:
-        if not isinstance(r["instructions"], str):
-            raise ConfigError("'instructions' must be a string", "response.instructions")
-        c["instructions"] = r["instructions"]
+        c["instructions"] = parse_instructions(r["instructions"], "response.instructions")
     for key in ("output_modalities", "modalities"):
         if key in r:
             c["audio_out"] = parse_modalities(r[key], f"response.{key}")

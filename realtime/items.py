@@ -12,11 +12,15 @@ user never heard does not reach the model's context (OpenAI's `conversation.item
 from __future__ import annotations
 
 import secrets
+import sys
 from dataclasses import dataclass, field
 
 from runtime.chat_api import ChatMessage, ToolCall
 
 MAX_ITEMS = 2000  # per conversation; the oldest are dropped beyond this
+#: memory the items' text may take per conversation (VOXLINE_MAX_CONVERSATION_BYTES); the oldest are dropped
+#: beyond it, like a context window, and one item larger than it all is refused (`item_too_large`)
+MAX_CONVERSATION_BYTES = 4 * 1024 * 1024
 CONTEXT_CHARS = 8000  # text sent to the LLM per response (~2k tokens); the oldest turns are left out first
 
 
@@ -63,6 +67,13 @@ class Item:
     arguments: str | None = None
     output: str | None = None
     transcription_failed: bool = False
+
+    def memory_bytes(self) -> int:
+        """What the item's strings take in memory (`sys.getsizeof`: 1–4 bytes a character, plus the object)."""
+        strings = [self.id, self.call_id, self.name, self.arguments, self.output]
+        for c in self.content:
+            strings += [c.text, c.transcript, *(span.text for span in c.spans)]
+        return sum(sys.getsizeof(x) for x in strings if x is not None)
 
     def text_for_model(self) -> str:
         parts = []
@@ -145,11 +156,17 @@ def parse_item(raw: object, *, where: str = "item") -> tuple[Item, bytes | None]
 
 
 class Conversation:
-    """The session's ordered items."""
+    """The session's ordered items, within MAX_ITEMS and a memory budget (`max_bytes` of text).
 
-    def __init__(self) -> None:
+    Items are measured when added and when their text changes (`resized`); beyond the budget the oldest
+    are dropped, as a context window drops them. An item that alone exceeds the budget is refused."""
+
+    def __init__(self, max_bytes: int = MAX_CONVERSATION_BYTES) -> None:
         self.items: list[Item] = []
         self._by_id: dict[str, Item] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the items take, as last measured
+        self._sizes: dict[str, int] = {}
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._by_id
@@ -164,6 +181,10 @@ class Conversation:
         """Append (or insert after `previous_item_id`; "root" = at the start). Returns the predecessor's id."""
         if item.id in self._by_id:
             raise ItemError(f"an item with id {item.id!r} already exists", "item.id", code="duplicate_item_id")
+        size = item.memory_bytes()
+        if size > self.max_bytes:
+            raise ItemError(f"the item takes {size} bytes; a conversation holds at most {self.max_bytes} bytes "
+                            "of text (max_conversation_bytes)", "item", code="item_too_large")
         if previous_item_id is None:
             previous = self.last_id()
             self.items.append(item)
@@ -178,15 +199,36 @@ class Conversation:
             self.items.insert(index + 1, item)
             previous = previous_item_id
         self._by_id[item.id] = item
-        while len(self.items) > MAX_ITEMS:
-            self._by_id.pop(self.items.pop(0).id, None)
+        self._sizes[item.id] = size
+        self.bytes += size
+        self._drop_oldest(keep=item)
         return previous
 
+    def resized(self, item: Item) -> None:
+        """`item`'s text changed (a transcript arrived, a response finished): measure it again, and drop the
+        oldest items if the conversation is now over its budget."""
+        if self._by_id.get(item.id) is not item:
+            return
+        size = item.memory_bytes()
+        self.bytes += size - self._sizes[item.id]
+        self._sizes[item.id] = size
+        self._drop_oldest(keep=item)
+
+    def _drop_oldest(self, keep: Item) -> None:
+        while len(self.items) > MAX_ITEMS or (self.bytes > self.max_bytes and len(self.items) > 1):
+            oldest = self.items[0] if self.items[0] is not keep else self.items[1]
+            self._remove(oldest)
+
+    def _remove(self, item: Item) -> None:
+        self.items.remove(item)
+        del self._by_id[item.id]
+        self.bytes -= self._sizes.pop(item.id)
+
     def delete(self, item_id: str) -> None:
-        item = self._by_id.pop(item_id, None)
+        item = self._by_id.get(item_id)
         if item is None:
             raise ItemError(f"item {item_id!r} does not exist", "item_id", code="item_not_found")
-        self.items.remove(item)
+        self._remove(item)
 
     def has_call(self, call_id: str) -> bool:
         return any(it.type == "function_call" and it.call_id == call_id for it in self.items)
@@ -210,6 +252,7 @@ class Conversation:
             if last.end_ms > audio_end_ms:
                 part.spans[-1] = Span(_heard_words(last, audio_end_ms), last.start_ms, float(audio_end_ms))
         part.audio_ms = float(audio_end_ms)
+        self.resized(item)
         return item
 
     def to_messages(self, instructions: str, items: list[Item] | None = None) -> tuple[ChatMessage, ...]:

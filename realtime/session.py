@@ -26,7 +26,17 @@ import numpy as np
 from realtime.asr_prompt import transcription_prompt
 from realtime.audio import INTERNAL_RATE, AudioFormatError, InputDecoder, StreamResampler, decode_bytes
 from realtime.config import ConfigError, ResponseOptions, SessionConfig, apply_update, response_options
-from realtime.items import Content, Conversation, Item, ItemError, Span, heard_text, new_id, parse_item
+from realtime.items import (
+    MAX_CONVERSATION_BYTES,
+    Content,
+    Conversation,
+    Item,
+    ItemError,
+    Span,
+    heard_text,
+    new_id,
+    parse_item,
+)
 from realtime.protocol import (
     AudioAppend,
     AudioClear,
@@ -130,11 +140,11 @@ class ResponseState:
 
 class RealtimeSession:
     def __init__(self, session_id: str, vad, config: SessionConfig | None = None, *,
-                 max_buffer_seconds: float = 600.0):
+                 max_buffer_seconds: float = 600.0, max_conversation_bytes: int = MAX_CONVERSATION_BYTES):
         self.id = session_id
         self.vad = vad
         self.config = config or SessionConfig()
-        self.conversation = Conversation()
+        self.conversation = Conversation(max_conversation_bytes)
         self.buffer = InputBuffer(max_buffer_seconds)
         self.decoder = InputDecoder(self.config.input_format)
         self.detector = self._new_detector()
@@ -322,6 +332,7 @@ class RealtimeSession:
             for c in item.content:
                 if c.type == "input_audio":
                     c.transcript = text
+            self.conversation.resized(item)
         if not emit:
             return []
         return [Send(event("conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0,
@@ -551,6 +562,7 @@ class RealtimeSession:
         out.append(self._lane(st, "response.function_call_arguments.delta", item_id=item.id, output_index=idx,
                               call_id=item.call_id, delta=call.arguments))
         item.arguments, item.status = call.arguments, "completed"
+        self.conversation.resized(item)
         out.append(self._lane(st, "response.function_call_arguments.done", item_id=item.id, output_index=idx,
                               call_id=item.call_id, name=item.name, arguments=item.arguments))
         out.append(self._lane(st, "response.output_item.done", output_index=idx, item=item))
@@ -585,6 +597,7 @@ class RealtimeSession:
             part.text = st.text
             out.append(send("response.output_text.done", text=part.text, **common))
         item.status = "completed" if status == "completed" else "incomplete"
+        self.conversation.resized(item)
         out += [send("response.content_part.done", part=part.to_wire(), **common),
                 send("response.output_item.done", response_id=st.id, output_index=idx, item=item)]
         if st.in_conversation:

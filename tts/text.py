@@ -11,10 +11,15 @@ _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s+")
 # A long clause may be cut at , ; : — when waiting for the full stop would delay audio too much.
 _CLAUSE_END = re.compile(r"[,;:—]\s+")
 _ABBREVIATIONS = ("mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "e.g.", "i.e.", "etc.", "no.")
+_LONGEST_ABBREVIATION = max(len(a) for a in _ABBREVIATIONS)
 
 
 class SentenceChunker:
-    """Feed text pieces with `push`; take ready chunks. `flush` releases whatever is left."""
+    """Feed text pieces with `push`; take ready chunks. `flush` releases whatever is left.
+
+    Linear in the text: each chunk is looked for within `max_chars` of where it starts (a chunk is never
+    longer), from a cursor, and the buffer is cut once per `push`. Rescanning the whole buffer for every
+    chunk made 20 KB of "Mr. Mr. Mr. …" (every stop an abbreviation) cost 0.28 s of the event loop."""
 
     def __init__(self, min_clause_chars: int = 60, max_chars: int = 400):
         self.min_clause_chars = min_clause_chars
@@ -24,37 +29,32 @@ class SentenceChunker:
     def push(self, piece: str) -> list[str]:
         self._buf += piece
         out: list[str] = []
-        while True:
-            chunk = self._take()
-            if chunk is None:
-                return out
-            if chunk.strip():
-                out.append(chunk.strip())
+        start = 0
+        while (end := self._next_cut(start)) is not None:
+            chunk = self._buf[start:end].strip()
+            if chunk:
+                out.append(chunk)
+            start = end
+        self._buf = self._buf[start:]
+        return out
 
     def flush(self) -> list[str]:
         rest, self._buf = self._buf.strip(), ""
         return [rest] if rest else []
 
-    def _take(self) -> str | None:
+    def _next_cut(self, start: int) -> int | None:
+        """Where the chunk beginning at `start` ends, or None while it is not complete."""
         buf = self._buf
-        for m in _SENTENCE_END.finditer(buf):
-            head = buf[: m.end()].rstrip()
-            if head.lower().endswith(_ABBREVIATIONS):
-                continue
-            self._buf = buf[m.end() :]
-            return head
-        if len(buf) >= self.min_clause_chars:
-            cut = None
-            for m in _CLAUSE_END.finditer(buf):
-                if m.start() >= self.min_clause_chars // 2:
-                    cut = m
-                    break
-            if cut is not None:
-                self._buf = buf[cut.end() :]
-                return buf[: cut.end()]
-        if len(buf) >= self.max_chars:  # no punctuation at all: cut at the last space
-            space = buf.rfind(" ", 0, self.max_chars)
-            cut_at = space if space > 0 else self.max_chars
-            self._buf = buf[cut_at:]
-            return buf[:cut_at]
+        window = start + self.max_chars + 1  # a chunk of max_chars, and the whitespace that ends it
+        for m in _SENTENCE_END.finditer(buf, start, window):
+            stop = m.start() + len(m.group().rstrip())  # after the stop and any closing quote or bracket
+            if not buf[max(start, stop - _LONGEST_ABBREVIATION):stop].lower().endswith(_ABBREVIATIONS):
+                return m.end()
+        if len(buf) - start >= self.min_clause_chars:
+            clause = _CLAUSE_END.search(buf, start + self.min_clause_chars // 2, window)
+            if clause is not None:
+                return clause.end()
+        if len(buf) - start >= self.max_chars:  # no punctuation at all: cut at the last space
+            space = buf.rfind(" ", start, start + self.max_chars)
+            return space if space > start else start + self.max_chars
         return None

@@ -100,6 +100,8 @@ class TextTokenizer:
             else:
                 table[i] = bytes(bd[c] for c in piece)
         self._bytes = [table.get(i, b"") for i in range(max(table) + 1)]
+        #: the most bytes one token covers: a text of n characters needs at least n / this many tokens
+        self.max_token_bytes = max(1, max(len(b) for b in self._bytes))
         self.stop_ids = tuple(i for i in (self.tok.token_to_id(t) for t in STOP_TOKENS) if i is not None)
 
     def token_id(self, piece: str) -> int:

@@ -31,7 +31,7 @@ from runtime.chat_api import ChatDelta, ChatRequest
 from runtime.engine import DecodeEngine, SlotInfo
 from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
-from runtime.llm.prompt import ChatRequestError, build_prompt
+from runtime.llm.prompt import ChatRequestError, build_prompt, check_prompt_tokens, encode_raw_prompt
 from runtime.llm.tokenizer import TextTokenizer
 from runtime.sampling import GREEDY, SamplingParams
 from runtime.state import KVCache
@@ -117,35 +117,35 @@ class TorchChatEngine:
 
     # ---- public API ------------------------------------------------------------------------------
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        """Yield text / tool-call deltas, then one delta with ``finish_reason`` and token counts."""
-        job = self._make_job(request)
-        async for delta in self._consume(job):
+        """Yield text / tool-call deltas, then one delta with ``finish_reason`` and token counts.
+        The prompt is rendered, tokenized and its images decoded in a worker thread: the loop is for I/O."""
+        ids, parser, prepare = await asyncio.to_thread(build_prompt, request, self.format, self.tokenizer,
+                                                       self.model_id, self.vision,
+                                                       max_prompt_tokens=self.max_prompt_tokens)
+        async for delta in self._consume(self._job(ids, request, parser, prepare)):
             yield delta
 
     async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         """Raw completion of ``prompt`` (``/v1/completions``); messages/tools of ``request`` are ignored."""
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            raise ChatRequestError("prompt must not be empty")
+        ids = await asyncio.to_thread(encode_raw_prompt, prompt, self.tokenizer, self.max_prompt_tokens)
         job = self._job(ids, request, OutputParser(stop=request.stop))
         async for delta in self._consume(job):
             yield delta
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt that leaves room for one generated token (and the drafts' verify window)."""
+        return self.engine.capacity - 2 * self.options.n_draft - 4
 
     def close(self) -> None:
         self._closed = True
         self._queue.put(None)
 
     # ---- request -> job ----------------------------------------------------------------------------
-    def _make_job(self, request: ChatRequest) -> _Job:
-        ids, parser, prepare = build_prompt(request, self.format, self.tokenizer, self.model_id, self.vision)
-        return self._job(ids, request, parser, prepare)
-
     def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser,
              prepare: Callable[[], None] | None = None) -> _Job:
+        check_prompt_tokens(len(ids), self.max_prompt_tokens)
         room = self.engine.capacity - 2 * self.options.n_draft - 3 - len(ids)
-        if room < 1:
-            raise ChatRequestError(f"the prompt is {len(ids)} tokens; this model serves at most "
-                                   f"{self.engine.capacity - 2 * self.options.n_draft - 4} prompt tokens")
         if request.max_tokens < 1:
             raise ChatRequestError("max_tokens must be at least 1")
         try:

@@ -11,6 +11,7 @@ Cancellation: leaving the ``async for`` closes vLLM's generator, and ``finally``
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from pathlib import Path
@@ -20,7 +21,7 @@ from runtime.chat_api import ChatDelta, ChatRequest
 from runtime.llm.chat_format import chat_format
 from runtime.llm.embedded import spec
 from runtime.llm.output import OutputParser
-from runtime.llm.prompt import ChatRequestError, build_prompt
+from runtime.llm.prompt import build_prompt, encode_raw_prompt
 from runtime.llm.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,13 @@ class VLLMChatEngine:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        ids, parser, _ = build_prompt(request, self.format, self.tokenizer, self.model_id)
+        ids, parser, _ = await asyncio.to_thread(build_prompt, request, self.format, self.tokenizer, self.model_id,
+                                                 max_prompt_tokens=self.capacity - 1)
         async for d in self._generate(ids, request, parser):
             yield d
 
     async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            raise ChatRequestError("prompt must not be empty")
+        ids = await asyncio.to_thread(encode_raw_prompt, prompt, self.tokenizer, self.capacity - 1)
         async for d in self._generate(ids, request, OutputParser(stop=request.stop)):
             yield d
 
@@ -67,8 +67,6 @@ class VLLMChatEngine:
         from vllm.sampling_params import RequestOutputKind
 
         room = self.capacity - len(ids)
-        if room < 1:
-            raise ChatRequestError(f"the prompt is {len(ids)} tokens; this model serves at most {self.capacity - 1}")
         params = SamplingParams(temperature=request.temperature, top_p=request.top_p, seed=request.seed,
                                 max_tokens=min(request.max_tokens, room), stop_token_ids=list(self.tokenizer.stop_ids),
                                 detokenize=False, output_kind=RequestOutputKind.DELTA)

@@ -29,11 +29,13 @@ from torch import nn
 
 from runtime.chat_api import ChatMessage, ImagePart
 from runtime.config import LMConfig
+from runtime.llm.image_header import ImageHeaderError, image_size
 from runtime.llm.prompt import ChatRequestError
 from runtime.model import AudioLM
 from runtime.state import KVCache
 
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded: 48 MiB of RGB; the model sees 64 x 64 of it anyway
 
 
 @dataclass(frozen=True)
@@ -154,16 +156,27 @@ def build_tiny_vlm(text_vocab: int, seed: int = 1234, v: VisionConfig = VisionCo
 
 # ---- images ---------------------------------------------------------------------------------------------
 def decode_image(url: str, size: int) -> np.ndarray:
-    """A ``data:image/...;base64,`` URL -> RGB uint8 [size, size, 3] (decoded and scaled with PyAV)."""
+    """A ``data:image/...;base64,`` URL -> RGB uint8 [size, size, 3] (decoded and scaled with PyAV).
+    Sizes are checked before each step: the base64 length before decoding it, the pixel count in the
+    image's header (`image_header`) before PyAV decodes anything."""
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
         raise ChatRequestError("image_url must be a data:image/...;base64,... URL")
+    if len(payload) > 4 * (MAX_IMAGE_BYTES // 3 + 1):
+        raise ChatRequestError(f"image is larger than {MAX_IMAGE_BYTES} bytes")
     try:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ChatRequestError("image data URL is not valid base64") from None
     if len(raw) > MAX_IMAGE_BYTES:
         raise ChatRequestError(f"image is larger than {MAX_IMAGE_BYTES} bytes")
+    try:
+        _, width, height = image_size(raw)
+    except ImageHeaderError as exc:
+        raise ChatRequestError(f"could not read the image: {exc}; send PNG, JPEG, GIF or WebP") from None
+    if width * height > MAX_IMAGE_PIXELS or not width or not height:
+        raise ChatRequestError(f"image is {width} x {height} pixels; at most {MAX_IMAGE_PIXELS} pixels "
+                               f"(4096 x 4096) are accepted")
     import av
 
     try:
@@ -186,10 +199,10 @@ class VisionInput:
         ``image_pieces`` callback for the chat format and the closure the engine thread runs before
         the prefill."""
         v = self.model.vision_config
-        images = [decode_image(p.url, v.image_size) for m in messages if not isinstance(m.content, str)
-                  for p in m.content if isinstance(p, ImagePart)]
-        if len(images) * v.rows_per_image > v.max_image_rows:
+        parts = [p for m in messages if not isinstance(m.content, str) for p in m.content if isinstance(p, ImagePart)]
+        if len(parts) * v.rows_per_image > v.max_image_rows:  # counted before any image is decoded
             raise ChatRequestError(f"at most {v.max_image_rows // v.rows_per_image} images per request")
+        images = [decode_image(p.url, v.image_size) for p in parts]
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0   # [N, 3, H, W]
         counter = iter(range(len(images)))
 
