@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -81,9 +82,12 @@ def create_app(settings: Settings | None = None, hub: ModelHub | None = None, *,
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
+        t0 = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        app.state.metrics.requests.labels(route, str(response.status_code)).inc()
+        # Latency to the body's last byte, not to the headers: speech and chat stream their bodies.
+        response.body_iterator = app.state.metrics.timed_body(response.body_iterator, route, t0)
         return response
 
     # Added last, so outermost of ours: a too-large body is refused before auth or routing read it.

@@ -54,17 +54,36 @@ def _serve(args) -> int:
           f"  chat            POST {base}/v1/chat/completions\n"
           f"  realtime        {ws}/v1/realtime?model=voxline\n"
           f"  twilio webhook  POST {base}/twilio/voice\n"
-          f"  metrics         {base}/metrics", flush=True)
+          f"  metrics         {base}/metrics\n"
+          f"Voice chat page: {base}/  (open it in a browser)", flush=True)
     # SIGTERM / Ctrl+C: sessions are drained first (response.done cancelled, close 1001), see lifecycle.py.
     serve(app, settings.host, settings.port, log_level=args.log_level)
     return 0
 
 
+class CLIError(Exception):
+    """A mistake the user can fix: printed as one line ("voxline <command>: ..."), exit code 2."""
+
+
+def _read_audio(path: str):
+    from audio_server.audio_io import AudioDecodeError, decode_audio
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CLIError(f"no such file: {path}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise CLIError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return decode_audio(data, 16000)
+    except AudioDecodeError as exc:
+        raise CLIError(f"{path} is not audio we can read: {exc}") from None
+
+
 def _transcribe(args) -> int:
     from asr.whisper_asr import DecodeOptions, WhisperASR
-    from audio_server.audio_io import decode_audio
 
-    audio = decode_audio(Path(args.file).read_bytes(), 16000)
+    audio = _read_audio(args.file)
     asr = WhisperASR(args.model)
     t0 = time.perf_counter()
     result = asr.transcribe(audio, DecodeOptions(language=args.language))
@@ -75,16 +94,46 @@ def _transcribe(args) -> int:
     return 0
 
 
-def _speak(args) -> int:
+# Output formats by file extension: libsndfile writes the lossless ones with exact headers, PyAV encodes the
+# compressed ones (the same encoders as /v1/audio/speech's response_format).
+_SNDFILE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+_ENCODED_FORMATS = {".mp3": "mp3", ".opus": "opus", ".aac": "aac"}
+
+
+def _write_speech(path: str, pcm, sample_rate: int) -> None:
     import soundfile
 
-    from tts.piper_tts import PiperTTS, SpeechOptions
+    from audio_server.audio_io import SpeechEncoder
 
+    ext = Path(path).suffix.lower()
+    if ext in _SNDFILE_FORMATS:
+        soundfile.write(path, pcm, sample_rate, subtype="PCM_16", format=_SNDFILE_FORMATS[ext])
+        return
+    encoder = SpeechEncoder(_ENCODED_FORMATS[ext], sample_rate)
+    Path(path).write_bytes(encoder.encode(pcm) + encoder.finish())
+
+
+def _speak(args) -> int:
+    from tts.piper_tts import PiperTTS, SpeechOptions
+    from tts.text_normalize import has_speech
+
+    ext = Path(args.output).suffix.lower()
+    if ext not in _SNDFILE_FORMATS and ext not in _ENCODED_FORMATS:
+        supported = ", ".join((*_SNDFILE_FORMATS, *_ENCODED_FORMATS))
+        raise CLIError(f"cannot write {args.output!r}: the output format is chosen by its extension, one of {supported}")
+    if not has_speech(args.text):
+        raise CLIError("the text has nothing to speak (it is empty, or only spaces, emoji or symbols)")
+    try:
+        options = SpeechOptions(speed=args.speed)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if not Path(args.output).resolve().parent.is_dir():
+        raise CLIError(f"cannot write {args.output}: no such directory")
     tts = PiperTTS()
     t0 = time.perf_counter()
-    pcm = tts.synthesize_all(args.text, SpeechOptions(speed=args.speed))
+    pcm = tts.synthesize_all(args.text, options)
     elapsed = time.perf_counter() - t0
-    soundfile.write(args.output, pcm, tts.sample_rate, subtype="PCM_16")
+    _write_speech(args.output, pcm, tts.sample_rate)
     seconds = len(pcm) / tts.sample_rate
     print(f"wrote {args.output}: {seconds:.2f}s at {tts.sample_rate} Hz in {elapsed:.2f}s (RTF {elapsed / max(seconds, 1e-3):.3f})",
           file=sys.stderr)
@@ -107,7 +156,7 @@ def _pipeline(args) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    audio = decode_audio(Path(args.file).read_bytes(), 16000)
+    audio = _read_audio(args.file)
     try:
         options = UnifiedOptions(n_draft=args.mtp, max_audio_tokens=args.max_tokens, seed=args.seed)
         models = LocalModels(UnifiedStack.tiny(options=options))
@@ -164,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--language", default=None)
     tr.set_defaults(run=_transcribe)
 
-    sp = sub.add_parser("speak", help="synthesise text to a WAV file with the embedded TTS")
+    sp = sub.add_parser("speak", help="synthesise text to an audio file with the embedded TTS")
     sp.add_argument("text")
-    sp.add_argument("-o", "--output", default="out.wav")
+    sp.add_argument("-o", "--output", default="out.wav",
+                    help="the file; its extension picks the format: .wav, .flac, .mp3, .opus or .aac")
     sp.add_argument("--speed", type=float, default=1.0)
     sp.set_defaults(run=_speak)
 
@@ -205,9 +255,19 @@ def _whisper_model(rest: list[str]) -> bool:
     return False
 
 
+def _configure_logging(command: str | None) -> None:
+    """The server logs at INFO (it is a service; uvicorn's own level is --log-level). The one-shot commands print
+    their result and warnings only: faster-whisper's INFO lines ("Processing audio with duration ...") are noise
+    around a transcript."""
+    level = logging.INFO if command in ("serve", *_DELEGATED) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.INFO:
+        logging.getLogger("faster_whisper").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    _configure_logging(argv[0] if argv else None)
     if argv and argv[0] in _DELEGATED:  # their own parsers own every flag, --help included
         import importlib
 
@@ -216,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             module = "asr.torch_whisper.train"  # MTP heads for the torch Whisper decoder
         return importlib.import_module(module).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CLIError as exc:
+        print(f"voxline {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from audio_server.subtitles import to_srt, to_verbose_json, to_vtt
 from audio_server.threads import iterate_in_thread
 from realtime.languages import UnknownLanguage, whisper_language
 from tts.piper_tts import SpeechOptions, UnknownVoice
+from tts.text_normalize import has_speech
 
 router = APIRouter()
 _FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -176,6 +177,8 @@ async def speech(request: Request):
         raise APIError(400, f"unknown speech model {body.model!r}; available: {', '.join(_TTS_MODELS)}", param="model")
     if len(body.input) > settings.max_speech_chars:
         raise APIError(400, f"input is longer than {settings.max_speech_chars} characters", param="input")
+    if not has_speech(body.input):  # spaces, emoji only: a 0 s file would be a silent success
+        raise APIError(400, "input has nothing to speak (only whitespace, emoji or symbols)", param="input")
     if body.stream_format == "sse":
         raise APIError(400, "stream_format 'sse' is not supported; use 'audio' (the body is streamed)",
                        param="stream_format")

@@ -32,6 +32,7 @@ from audio_server.ws_common import (
 )
 from tts.piper_tts import SpeechOptions, UnknownVoice
 from tts.text import SentenceChunker
+from tts.text_normalize import has_speech
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -41,13 +42,16 @@ _MAX_PENDING_ITEMS = 1_000  # queued sentences and `end` marks (each `end` costs
 
 
 class _Utterance:
-    """Counters for the text between two `end`s."""
+    """Counters for the text between two `end`s (or a `cancel` and the next `end`): what `done` reports.
+    Each queued sentence carries its utterance, so audio of a cancelled one is never counted in the next."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.samples = 0
         self.sentences = 0
         self.first_chunk_s: float | None = None
+        self.texts = 0  # `text` messages received
+        self.speakable = False  # whether any of them had something to say (not only spaces or emoji)
 
 
 @router.websocket("/v1/tts/stream")
@@ -80,13 +84,11 @@ async def tts_stream(ws: WebSocket) -> None:
         async def speak() -> None:
             """Synthesises queued sentences in order; `_END` marks where a `done` goes."""
             while True:
-                item, epoch = await sentences.get()
-                utt: _Utterance = state["utt"]
+                item, epoch, utt = await sentences.get()
                 if item is _END:
                     await session.send_json({"type": "done", "duration": round(utt.samples / out_rate, 3),
                                              "samples": utt.samples, "sample_rate": out_rate,
                                              "sentences": utt.sentences})
-                    state["utt"] = _Utterance()
                     continue
                 state["pending_chars"] -= len(item)
                 if epoch != state["cancel_epoch"]:
@@ -102,6 +104,8 @@ async def tts_stream(ws: WebSocket) -> None:
                     utt.samples += len(pcm)
                     await session.send_bytes(pcm.astype("<i2").tobytes())
                 else:
+                    if epoch != state["cancel_epoch"]:
+                        continue  # cancelled while its last part was made: no tail, no `sentence`
                     tail = resample(np.zeros(0, np.int16), last=True)  # the resampler's last few samples
                     if len(tail):
                         utt.samples += len(tail)
@@ -112,7 +116,7 @@ async def tts_stream(ws: WebSocket) -> None:
         def enqueue(texts: list[str]) -> None:
             for text in texts:
                 state["pending_chars"] += len(text)
-                sentences.put_nowait((text, state["cancel_epoch"]))
+                sentences.put_nowait((text, state["cancel_epoch"], state["utt"]))
 
         worker = asyncio.create_task(speak())
         await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": out_rate,
@@ -145,16 +149,25 @@ async def tts_stream(ws: WebSocket) -> None:
                     await session.error("too_much_text", f"more than {_MAX_PENDING_CHARS} characters are "
                                         "waiting to be spoken; wait for audio before sending more")
                     continue
-                if state["utt"].sentences == 0 and state["utt"].samples == 0 and sentences.empty():
-                    state["utt"].t0 = time.perf_counter()
+                utt = state["utt"]
+                if utt.texts == 0:
+                    utt.t0 = time.perf_counter()
+                utt.texts += 1
+                utt.speakable = utt.speakable or has_speech(text)
                 enqueue(chunker.push(text))
             elif kind == "flush":
                 enqueue(chunker.flush())
             elif kind in ("end", "eos"):
                 enqueue(chunker.flush())
-                sentences.put_nowait((_END, state["cancel_epoch"]))
+                utt = state["utt"]
+                if utt.texts and not utt.speakable:  # `done` still follows: each `end` gets one
+                    await session.error("nothing_to_speak", "the text had nothing to speak (only whitespace, "
+                                        "emoji or symbols)")
+                sentences.put_nowait((_END, state["cancel_epoch"], utt))
+                state["utt"] = _Utterance()
             elif kind == "cancel":
                 state["cancel_epoch"] += 1
+                state["utt"] = _Utterance()  # the next `done` counts only what is sent after the cancel
                 chunker.flush()
                 await session.send_json({"type": "cancelled"})
             else:

@@ -20,6 +20,7 @@ import threading
 import time
 
 from runtime.llm.embedded import DEFAULT_LLM, EMBEDDED_LLMS
+from runtime.llm import observe
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def get_engine(model: str | None = None):
         if engine is None:
             t0 = time.perf_counter()
             module, _, attr = REGISTRY[model_id].partition(":")
-            engine = getattr(importlib.import_module(module), attr)(model_id)
+            engine = observe.instrument(getattr(importlib.import_module(module), attr)(model_id))
             _engines[model_id] = engine
             log.info("loaded chat model %s (%s) in %.1fs", model_id, type(engine).__name__,
                      time.perf_counter() - t0)
