@@ -195,8 +195,8 @@ _RULES: tuple[_Rule, ...] = (
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), _iso_date),
     (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\b(?!/)"), _date),
     (re.compile(r"\b(\d{1,3})/(\d{1,3})\b(?!/)"), _fraction),
-    (re.compile(r"\b(\d{1,2}):(\d{2})\s*([AaPp]\.?[Mm]\.?(?![A-Za-z]))?"), _time),
-    (re.compile(r"\b(\d{1,2})\s*([AaPp]\.?[Mm]\.?)(?![A-Za-z])"), _hour_meridiem),
+    (re.compile(r"\b(\d{1,2}):(\d{2})\s*([AaPp]\.[Mm]\.|[AaPp][Mm](?![A-Za-z]))?"), _time),
+    (re.compile(r"\b(\d{1,2})\s*([AaPp]\.[Mm]\.|[AaPp][Mm])(?![A-Za-z])"), _hour_meridiem),
     (re.compile(r"\b(\d+)(?:st|nd|rd|th)\b"), _ordinal),
     (re.compile(rf"({_NUM})\s?%"), _percent),
     (re.compile(rf"(?<![\w.])({_NUM})\s?(" + "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
