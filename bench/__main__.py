@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHES = ["bench.asr_service", "bench.streaming_asr", "bench.tts_service", "bench.mtp", "bench.tokenizer_vocoder",
-           "bench.llm", "bench.realtime", "bench.pipeline", "bench.whisper_mtp"]
+           "bench.llm", "bench.realtime", "bench.pipeline", "bench.whisper_mtp", "bench.security_probe"]
 
 
 def main() -> int:
