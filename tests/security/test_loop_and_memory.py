@@ -120,6 +120,7 @@ class HealthProbe:
         self.url = base_url + "/healthz"
         self.worst = 0.0
         self.answers = 0
+        self.failures: list[object] = []  # anything but a 200
 
     def __enter__(self) -> "HealthProbe":
         self._stop = threading.Event()
@@ -129,13 +130,22 @@ class HealthProbe:
         return self
 
     def _probe(self) -> None:
+        # Timed from when each request was due, not from when this thread got to send it: the server is a thread
+        # of this process, and a native call that holds the GIL stalls this thread too.
+        due = time.perf_counter()
         with httpx.Client(timeout=60) as http:
             while not self._stop.is_set():
-                t0 = time.perf_counter()
-                assert http.get(self.url).status_code == 200
-                self.worst = max(self.worst, time.perf_counter() - t0)
+                try:
+                    status = http.get(self.url).status_code
+                except httpx.HTTPError as exc:
+                    status = repr(exc)
+                answered = time.perf_counter()
+                self.worst = max(self.worst, answered - due)
+                if status != 200:
+                    self.failures.append(status)
                 self.answers += 1
                 self._stop.wait(0.02)
+                due = answered + 0.02
 
     def __exit__(self, *exc) -> None:
         time.sleep(0.1)
@@ -160,7 +170,7 @@ def test_a_huge_chat_prompt_is_refused_before_it_is_tokenized(live):
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages", error
-    assert probe.worst < HEALTHZ_BOUND_S
+    assert probe.worst < HEALTHZ_BOUND_S and not probe.failures, probe.failures
     ok = _chat(live.base_url, "Say hello.")
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
@@ -192,7 +202,7 @@ def test_vlm_images_are_counted_and_sized_before_decoding(live):
     print(f"\n17 images of 16 Mpx: {many.status_code} in {took:.2f} s; /healthz worst {probe.worst * 1000:.0f} ms")
     assert many.status_code == 400 and "at most 16 images" in many.json()["error"]["message"]
     assert huge.status_code == 400 and "6000 x 6000 pixels" in huge.json()["error"]["message"]
-    assert probe.worst < HEALTHZ_BOUND_S
+    assert probe.worst < HEALTHZ_BOUND_S and not probe.failures, probe.failures
     ok = _chat(live.base_url, [{"type": "text", "text": "Describe."}, _image(_png(64, 48))])
     assert ok.status_code == 200, ok.text
 
@@ -233,6 +243,8 @@ def test_huge_realtime_instructions_are_refused(live):
             refused = (await _recv_until(attacker, {"error", "session.updated"}))[-1]
             await attacker.send(json.dumps({"type": "response.create", "response": {"instructions": huge}}))
             refused_response = (await _recv_until(attacker, {"error", "response.created"}))[-1]
+            if refused_response["type"] == "response.created":  # the old code: let it run, as an attacker would
+                await _recv_until(attacker, {"response.done"})
             done = await _text_turn(legit)
             return refused, refused_response, done
 
@@ -243,7 +255,7 @@ def test_huge_realtime_instructions_are_refused(live):
         assert event["type"] == "error", event["type"]
         assert event["error"]["param"] == param and event["error"]["code"] == "string_above_max_length"
     assert done["response"]["status"] in ("completed", "incomplete")  # incomplete: max_output_tokens reached
-    assert probe.worst < HEALTHZ_BOUND_S
+    assert probe.worst < HEALTHZ_BOUND_S and not probe.failures, probe.failures
 
 
 class _LogCount(logging.Handler):
@@ -307,7 +319,7 @@ def test_a_flood_of_bad_messages_neither_freezes_the_loop_nor_the_log(live, path
           f"/healthz worst {probe.worst * 1000:.0f} ms")
     assert codes[-1] == "too_many_errors" and close_code == 1008
     assert counter.records < 20
-    assert probe.worst < HEALTHZ_BOUND_S
+    assert probe.worst < HEALTHZ_BOUND_S and not probe.failures, probe.failures
     assert done["sentences"] == 1 and done["samples"] > 0
 
 
