@@ -1,4 +1,5 @@
-"""Build the engine for an embedded LLM: converted checkpoint → runtime model → torch (or vLLM) engine."""
+"""Build the engine for an embedded LLM: the packaged GGUF → llama.cpp (the default), or converted checkpoint →
+runtime model → torch (or vLLM) engine."""
 from __future__ import annotations
 
 import logging
@@ -15,26 +16,36 @@ log = logging.getLogger(__name__)
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
-def options_from_env() -> tuple[EngineOptions, torch.dtype, str]:
-    """``VOXLINE_LLM_SLOTS`` (concurrent requests, default 2), ``VOXLINE_LLM_CAPACITY`` (positions per
-    request, default 4096), ``VOXLINE_LLM_MTP`` (MTP drafts per step, default 0), ``VOXLINE_LLM_DTYPE``
-    (``bfloat16`` default — half the memory traffic of float32 and faster on AVX512-BF16 CPUs;
-    ``float32``), ``VOXLINE_LLM_QUANT`` (``none`` default; ``int8``: dynamic int8 linear layers, about
-    twice the decode speed of bf16 here, but see :func:`quantize_int8`), ``VOXLINE_LLM_BACKEND``
-    (``torch`` default, ``vllm``)."""
+BACKENDS = ("torch", "llamacpp", "vllm")
+#: llama.cpp decodes the GGUF 3-4x faster, but is not the default yet: on SmolLM2-135M its quantised arithmetic
+#: answers one of tests/llm/test_chat_api.py's greedy questions differently (see bench/RESULTS.md, "llama.cpp vs
+#: torch engine").
+DEFAULT_BACKEND = "torch"
+
+
+def options_from_env() -> tuple[EngineOptions, torch.dtype, str, str]:
+    """``VOXLINE_LLM_BACKEND`` (``torch`` default: our engine on weights dequantised to bf16; ``llamacpp``:
+    llama.cpp on the GGUF itself; ``vllm``), ``VOXLINE_LLM_SLOTS`` (concurrent requests, default 4 on llama.cpp,
+    where a slot costs only its KV cache, 2 on torch), ``VOXLINE_LLM_CAPACITY`` (positions per request,
+    default 4096). Torch engine only: ``VOXLINE_LLM_MTP`` (MTP drafts per step, default 0),
+    ``VOXLINE_LLM_DTYPE`` (``bfloat16`` default — half the memory traffic of float32 and faster on
+    AVX512-BF16 CPUs; ``float32``), ``VOXLINE_LLM_QUANT`` (``none`` default; ``int8``: dynamic int8 linear
+    layers, about twice the decode speed of bf16 here, but see :func:`quantize_int8`)."""
     env = os.environ.get
-    opts = EngineOptions(slots=int(env("VOXLINE_LLM_SLOTS", "2")),
+    backend = env("VOXLINE_LLM_BACKEND") or DEFAULT_BACKEND
+    if backend not in BACKENDS:
+        raise ValueError(f"VOXLINE_LLM_BACKEND={backend!r}; choose one of {', '.join(BACKENDS)}")
+    opts = EngineOptions(slots=int(env("VOXLINE_LLM_SLOTS", "4" if backend == "llamacpp" else "2")),
                          capacity=int(env("VOXLINE_LLM_CAPACITY", "4096")),
                          n_draft=int(env("VOXLINE_LLM_MTP", "0")))
+    if opts.n_draft and backend != "torch":
+        raise ValueError("VOXLINE_LLM_MTP (our MTP drafts) needs VOXLINE_LLM_BACKEND=torch")
     dtype_name = env("VOXLINE_LLM_DTYPE", "bfloat16")
     if dtype_name not in _DTYPES:
         raise ValueError(f"VOXLINE_LLM_DTYPE={dtype_name!r}; choose one of {', '.join(_DTYPES)}")
     quant = env("VOXLINE_LLM_QUANT", "none")
     if quant not in ("none", "int8"):
         raise ValueError(f"VOXLINE_LLM_QUANT={quant!r}; choose none or int8")
-    backend = env("VOXLINE_LLM_BACKEND", "torch")
-    if backend not in ("torch", "vllm"):
-        raise ValueError(f"VOXLINE_LLM_BACKEND={backend!r}; choose torch or vllm")
     return opts, _DTYPES[dtype_name], quant, backend
 
 
@@ -89,9 +100,46 @@ def load_torch_engine(model_id: str, options: EngineOptions | None = None,
                            description=s.description)
 
 
+def gguf_tokenizer(model_id: str):
+    """The :class:`TextTokenizer` of ``model_id`` built from its GGUF's vocabulary alone (metadata, no tensors:
+    llama.cpp needs no converted checkpoint), cached as ``{model}-{sha}-tokenizer.json``."""
+    from runtime.llm.embedded import cache_root, gguf_path
+    from runtime.llm.tokenizer import TextTokenizer, build_tokenizer
+
+    s = spec(model_id)
+    target = cache_root() / f"{model_id}-{s.sha256[:12]}-tokenizer.json"
+    if not target.is_file():
+        from gguf import GGUFReader
+
+        from runtime.llm.gguf_convert import read_metadata
+
+        meta = read_metadata(GGUFReader(str(gguf_path(model_id))))
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        build_tokenizer(meta).save(str(tmp))
+        tmp.replace(target)
+    return TextTokenizer(target)
+
+
+def load_llamacpp_engine(model_id: str, options: EngineOptions | None = None):
+    """llama.cpp on the packaged GGUF as it is (no converted checkpoint; only a tokenizer file is cached)."""
+    from runtime.llm.chat_format import chat_format
+    from runtime.llm.embedded import gguf_path
+    from runtime.llm.llamacpp_engine import LlamaCppChatEngine, cpu_supported
+
+    if not cpu_supported():     # checked before xllamacpp is imported: its code would die of SIGILL here
+        raise RuntimeError("this CPU lacks the AVX2/FMA/F16C/BMI2 the xllamacpp wheel is built for; "
+                           "unset VOXLINE_LLM_BACKEND (or set it to torch)")
+    s = spec(model_id)
+    tok = gguf_tokenizer(model_id)
+    return LlamaCppChatEngine(model_id, gguf_path(model_id), tok, chat_format(s.chat_format, tok),
+                              options or EngineOptions(slots=4), description=s.description + " (llama.cpp)")
+
+
 def load_embedded(model_id: str):
     """Registry entry: the engine for an embedded LLM, configured from the environment."""
     options, dtype, quant, backend = options_from_env()
+    if backend == "llamacpp":
+        return load_llamacpp_engine(model_id, options)
     if backend == "vllm":
         from runtime.llm.vllm_engine import VLLMChatEngine
         return VLLMChatEngine(model_id, checkpoint_dir(model_id), options)
