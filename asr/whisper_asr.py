@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.embedded import EMBEDDED_WHISPER, whisper_model_dir
+from voxcore.embedded_whisper import EMBEDDED_WHISPER, whisper_model_dir
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000

@@ -147,7 +147,6 @@ def _pipeline(args) -> int:
     import soundfile
     import torch
 
-    from audio_server.audio_io import decode_audio
     from realtime.unified_pipeline import UnifiedOptions, UnifiedStack
     from realtime.unified_turn import WIRE_RATE, LocalModels, run_turn
 

@@ -103,7 +103,7 @@ class ModelHub:
         """What `/v1/models` lists: every name a route accepts (aliases included, each saying what it stands
         for), whether or not the model is loaded yet. Test-only models (random weights) are accepted and can be
         retrieved, but are listed only when `everything` or when they are what this server serves."""
-        from asr.embedded import EMBEDDED_WHISPER
+        from voxcore.embedded_whisper import EMBEDDED_WHISPER
         from runtime.llm import OPENAI_CHAT_ALIASES, TEST_ONLY, default_model
         from runtime.llm import ALIASES as LLM_ALIASES
         from runtime.llm import model_cards as llm_cards
@@ -137,7 +137,7 @@ class ModelHub:
         return next((c for c in self.model_cards(everything=True) if c["id"] == model_id), None)
 
     def resolve_asr_name(self, requested: str | None) -> str:
-        from asr.embedded import EMBEDDED_WHISPER
+        from voxcore.embedded_whisper import EMBEDDED_WHISPER
 
         if not requested or requested in ASR_ALIASES:
             return self.settings.asr_model

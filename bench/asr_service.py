@@ -15,7 +15,7 @@ import time
 
 from faster_whisper import WhisperModel
 
-from asr.embedded import whisper_model_dir
+from voxcore.embedded_whisper import whisper_model_dir
 from asr.textnorm import word_error_rate
 from bench.common import machine, read, start_server, today, transcripts
 

@@ -64,7 +64,6 @@ def copy_bandwidth() -> float:
     a = torch.empty(1 << 30, dtype=torch.uint8, device=DEVICE).random_()
     b = torch.empty_like(a)
     us = time_us(lambda i: b.copy_(a), 1, 20, 3)
-    del a, b
     return 2 * (1 << 30) / (us * 1e-6)
 
 
@@ -261,7 +260,7 @@ def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None,
     from runtime.model import build_model
     from runtime.presets import tiny_config
     from runtime.state import DecodeState
-    from runtime.verify import GreedyVerifier
+    from voxcore.verify import GreedyVerifier
 
     k, cap, n = 3, 2048, 1000
     rows = []
@@ -322,7 +321,8 @@ def decode_rows(quick: bool, dtype: torch.dtype, iters: int, peak: float | None,
                 for label, fn in (("kernels, packed projections", packed_step), ("runtime", runtime_step)):
                     log(f"[bench.kernels] GPU time by kernel, {name} B1 verify step ({label}), 20 steps:")
                     log(profile_table(fn, 20))
-        del model, packed
+        # Drop this model's weights before the next one is built (the step closures hold the same cells).
+        model = packed = None
         torch.cuda.empty_cache()
     return rows
 

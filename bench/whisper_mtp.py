@@ -37,7 +37,7 @@ class CT2Greedy:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        from asr.embedded import whisper_model_dir
+        from voxcore.embedded_whisper import whisper_model_dir
 
         self.fw = WhisperModel(str(whisper_model_dir("whisper-base")), device="cpu", compute_type=compute_type,
                                cpu_threads=threads)

@@ -1,8 +1,8 @@
 """Plain-torch references: the definition of what every kernel in this package computes.
 
 Each function is written for clarity, not speed, and matches the runtime's conventions
-(``runtime/layers.py``, ``runtime/sampling.py``, ``runtime/verify.py``, ``runtime/engine.py``,
-``tokenizer/streaming.py``); ``tests/kernels`` checks both that the kernels equal these references
+(``runtime/layers.py``, ``runtime/sampling.py``, ``voxcore/verify.py``, ``runtime/engine.py``,
+``voxcore/streaming.py``); ``tests/kernels`` checks both that the kernels equal these references
 and that these references equal the runtime's own code.
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ def mtp_accept(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor
 def causal_conv1d(x: torch.Tensor, history: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride: int = 1, dilation: int = 1, slope: float | None = None,
                   residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk of a streaming causal Conv1d (``tokenizer.streaming.StreamingConv1d``), with the
+    """One chunk of a streaming causal Conv1d (``voxcore.streaming.StreamingConv1d``), with the
     HiFi-GAN glue fused around it.
 
     x [B, Cin, T] (T a multiple of stride); history [B, Cin, H] with ``H = (k-1)*dilation + 1 - stride``

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_norm import INTERPRETED
+from kernels.triton_norm import INTERPRETED  # noqa: F401 -- kernels.backend reads each kernel module's INTERPRETED
 
 LOG2E = 1.4426950408889634  # host side only (folded into qk_scale)
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_norm import INTERPRETED
+from kernels.triton_norm import INTERPRETED  # noqa: F401 -- kernels.backend reads each kernel module's INTERPRETED
 
 # Used inside a kernel: compiled Triton only reads globals declared constexpr.
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -39,7 +39,7 @@ from realtime.session import RealtimeSession, ResponseState, Transcribe
 from runtime.audio_decoding import AudioChatFormat, AudioOnlyDrafter, AudioOnlyLM, AudioPhaseConstraint
 from runtime.engine import DecodeEngine
 from runtime.model import AudioLM
-from tokenizer.interleave import GROUP_MS, GROUP_SIZE, AudioTokenLayout
+from voxcore.interleave import GROUP_MS, GROUP_SIZE, AudioTokenLayout
 from tokenizer.model import DualCodebookTokenizer, TokenizerState
 from vocoder.model import ChunkSchedule, StreamingVocoder
 

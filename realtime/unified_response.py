@@ -29,7 +29,7 @@ from realtime.session import Command, RealtimeSession
 from realtime.unified_pipeline import UnifiedSession, UnifiedStack
 from runtime.generate import generate
 from runtime.sampling import SamplingParams
-from tokenizer.interleave import GROUP_SIZE
+from voxcore.interleave import GROUP_SIZE
 from vocoder.model import VocoderSession
 
 log = logging.getLogger(__name__)

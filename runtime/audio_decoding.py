@@ -1,7 +1,7 @@
 """Decoding audio answers with the unified LLM: the chat framing ids and the audio-only constraint.
 
 Step-Audio interleaves the two codebooks 2:3 — every 120 ms group is 2 linguistic then 3 semantic ids
-(:mod:`tokenizer.interleave`) — so the id at generated position ``i`` must come from the codebook of
+(:mod:`voxcore.interleave`) — so the id at generated position ``i`` must come from the codebook of
 its place ``i % 5`` in the group, and the answer may only end on a group boundary. A model trained on
 that layout learns it; a random one (the ``tiny`` preset) does not, and the vocoder would refuse a
 misplaced id. :class:`AudioPhaseConstraint` enforces it on the logits, as a filter by position:

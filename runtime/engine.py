@@ -25,7 +25,7 @@ from runtime.drafter import Drafter, DraftWindow, MTPDrafter
 from runtime.model import AudioLM
 from runtime.sampling import GREEDY, Sampler, SamplingParams
 from runtime.state import DecodeState
-from runtime.verify import GreedyVerifier, RejectionVerifier
+from voxcore.verify import GreedyVerifier, RejectionVerifier
 
 
 @dataclass

@@ -3,14 +3,12 @@
 Public API (importing this package loads torch but no ASR/TTS model):
 - `DualCodebookTokenizer` (+ `TokenizerConfig`, `TokenizerState`, `TokenizerOutput`): both streams causal,
   streamed in batch slots; `.tiny(seed)`, `.from_pretrained(dir)`.
-- `interleave`, `split`, `split_whole_groups`, `AudioTokenLayout`, `STEP_AUDIO_LAYOUT`: LLM id layout.
+- The LLM id layout of its codes (`interleave`, `split`, `AudioTokenLayout`, ...) is `voxcore.interleave`: the
+  vocoder and the runtime read it too.
 - `tokenizer.whisper_linguistic.WhisperLinguisticTokenizer`: the real linguistic stream (per utterance).
 - `tokenizer.train_codebook.main(argv)`: `voxline train-codebook`.
 """
 
-from tokenizer.interleave import (GROUP_MS, GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave, split,
-                                  split_whole_groups)
 from tokenizer.model import DualCodebookTokenizer, TokenizerConfig, TokenizerOutput, TokenizerState
 
-__all__ = ["GROUP_MS", "GROUP_SIZE", "STEP_AUDIO_LAYOUT", "AudioTokenLayout", "DualCodebookTokenizer",
-           "TokenizerConfig", "TokenizerOutput", "TokenizerState", "interleave", "split", "split_whole_groups"]
+__all__ = ["DualCodebookTokenizer", "TokenizerConfig", "TokenizerOutput", "TokenizerState"]

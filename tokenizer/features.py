@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from tokenizer.streaming import LeafState, LeafStates, StreamingLeaf
+from voxcore.streaming import LeafState, LeafStates, StreamingLeaf
 
 
 def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:

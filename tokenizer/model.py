@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.streaming import CausalTransformer
-from tokenizer.checkpoint import load_config, load_weights, save_checkpoint, seeded_init
 from tokenizer.codebook import NearestCentroidCodebook
 from tokenizer.features import LogMel
-from tokenizer.interleave import (GROUP_MS, LING_PER_GROUP, SEM_PER_GROUP, STEP_AUDIO_LAYOUT,
-                                  AudioTokenLayout, interleave)
-from tokenizer.streaming import LeafStates, StreamingConv1d, bind_state_keys, init_states, reset_slots
+from voxcore.checkpoint import load_config, load_weights, save_checkpoint, seeded_init
+from voxcore.interleave import GROUP_MS, LING_PER_GROUP, SEM_PER_GROUP, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave
+from voxcore.streaming import (CausalTransformer, LeafStates, StreamingConv1d, bind_state_keys, init_states,
+                               reset_slots)
 
 ARCHITECTURE = "voxline.DualCodebookTokenizer"
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tokenizer.codebook import NearestCentroidCodebook
-from tokenizer.interleave import GROUP_SAMPLES_16K, LING_PER_GROUP, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave
+from voxcore.interleave import GROUP_SAMPLES_16K, LING_PER_GROUP, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30
@@ -37,7 +37,7 @@ DEFAULT_CODEBOOK_NAME = "linguistic-whisper-base.safetensors"
 
 def default_codebook_path() -> Path:
     """Where `voxline train-codebook` saves the codebook unless told otherwise."""
-    from asr.embedded import cache_root
+    from voxcore.model_cache import cache_root
 
     return cache_root() / "codebooks" / DEFAULT_CODEBOOK_NAME
 
@@ -46,7 +46,7 @@ def default_codebook_path() -> Path:
 def _load_whisper(model_name: str, threads: int):
     import ctranslate2
 
-    from asr.embedded import whisper_model_dir
+    from voxcore.embedded_whisper import whisper_model_dir
 
     return ctranslate2.models.Whisper(str(whisper_model_dir(model_name)), device="cpu",
                                       compute_type="int8", intra_threads=threads)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.streaming import CausalTransformer
-from tokenizer.interleave import LING_PER_GROUP, SEM_PER_GROUP
-from tokenizer.streaming import LeafStates, StreamingConv1d, bind_state_keys, init_states, reset_slots
+from voxcore.interleave import LING_PER_GROUP, SEM_PER_GROUP
+from voxcore.streaming import (CausalTransformer, LeafStates, StreamingConv1d, bind_state_keys, init_states,
+                               reset_slots)
 
 # ------------------------------------------------------------------------------------------ noise
 # Counter-based Gaussian noise, the flow's start point: a pure function of (seed, frame, bin). A

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.streaming import (LeafStates, StreamingConv1d, StreamingConvTranspose1d, bind_state_keys,
-                                 init_states)
+from voxcore.streaming import (LeafStates, StreamingConv1d, StreamingConvTranspose1d, bind_state_keys,
+                               init_states)
 
 LRELU_SLOPE = 0.1
 
@@ -86,7 +86,7 @@ class Generator(nn.Module):
 
     @classmethod
     def random(cls, cfg: GeneratorConfig, seed: int = 0) -> "Generator":
-        from tokenizer.checkpoint import seeded_init
+        from voxcore.checkpoint import seeded_init
 
         with seeded_init(seed):
             return cls(cfg).eval()

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tokenizer.checkpoint import load_config, load_weights, save_checkpoint, seeded_init
-from tokenizer.interleave import GROUP_MS, GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, split
-from tokenizer.streaming import LeafStates, reset_slots
+from voxcore.checkpoint import load_config, load_weights, save_checkpoint, seeded_init
+from voxcore.interleave import GROUP_MS, GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, split
+from voxcore.streaming import LeafStates, reset_slots
 from vocoder.flow import FlowConfig, FlowState, TokenToMel
 from vocoder.hifigan import Generator, GeneratorConfig, WindowedGenerator, WindowState, load_hifigan_torchscript
 

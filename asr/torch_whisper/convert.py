@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from asr.embedded import WHISPER_BASE_SHA256, _sha256, cache_root, whisper_model_dir
+from voxcore.embedded_whisper import WHISPER_BASE_SHA256, whisper_model_dir
+from voxcore.model_cache import cache_root, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def model_sha256(name: str, model_dir: Path) -> str:
         cached_stamp, _, digest = marker.read_text().strip().partition(" ")
         if cached_stamp == stamp:
             return digest
-    digest = _sha256(model_bin)
+    digest = sha256_file(model_bin)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{stamp} {digest}\n")
     return digest

@@ -100,7 +100,7 @@ class Vocab:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        from asr.embedded import whisper_model_dir
+        from voxcore.embedded_whisper import whisper_model_dir
 
         directory = whisper_model_dir(name)
         hf = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))

@@ -16,7 +16,7 @@ decoder checks each one, so the output never depends on them.
 
 Decoding (:func:`mtp_decode`): propose ``k`` drafts; run the decoder once over ``[pending, d_1..d_k]``
 with its KV cache; keep the longest prefix of drafts equal to the decoder's (suppression-filtered)
-argmax — :class:`runtime.verify.GreedyVerifier` — plus the decoder's own next token; "roll back" the
+argmax — :class:`voxcore.verify.GreedyVerifier` — plus the decoder's own next token; "roll back" the
 rejected positions by moving the length (stale cache entries are overwritten before they are read).
 The committed tokens are exactly plain greedy decoding's.
 """
@@ -30,7 +30,7 @@ from torch import nn
 
 from asr.torch_whisper.decode import DecodeResult, GreedyOptions, LogitFilter, Vocab, prompt_outputs
 from asr.torch_whisper.model import DecoderBlock, Whisper
-from runtime.verify import GreedyVerifier
+from voxcore.verify import GreedyVerifier
 
 
 class MTPHead(nn.Module):

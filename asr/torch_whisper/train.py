@@ -277,8 +277,9 @@ def asr_eot(name: str) -> int:
 
 def mtp_path(name: str = "whisper-base") -> Path:
     """Default location of trained heads: beside the converted model, keyed by the model's SHA-256."""
-    from asr.embedded import cache_root, whisper_model_dir
     from asr.torch_whisper.convert import model_sha256
+    from voxcore.embedded_whisper import whisper_model_dir
+    from voxcore.model_cache import cache_root
 
     sha = model_sha256(name, whisper_model_dir(name))
     return cache_root() / "torch-whisper" / f"mtp-{name}-{sha[:16]}.safetensors"

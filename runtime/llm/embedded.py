@@ -17,15 +17,15 @@ first use, in the voxline cache (``VOXLINE_CACHE``, default ``~/.cache/voxline``
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from voxcore.model_cache import cache_root, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,6 @@ DEFAULT_LLM = "qwen2.5-coder-0.5b-instruct"
 _lock = threading.Lock()
 
 
-def cache_root() -> Path:
-    """``VOXLINE_CACHE`` or ``~/.cache/voxline`` — the same rule as ``asr.embedded.cache_root``
-    (repeated here so that ``runtime`` does not import ``asr``)."""
-    root = Path(os.environ.get("VOXLINE_CACHE", Path.home() / ".cache" / "voxline"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def spec(name: str) -> EmbeddedLLM:
     try:
         return EMBEDDED_LLMS[name]
@@ -99,14 +91,6 @@ def _package_file(package: str, rel: str) -> Path:
     if not path.is_file():
         raise RuntimeError(f"{path} is missing; reinstall {package.replace('_', '-')}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gguf_path(name: str) -> Path:

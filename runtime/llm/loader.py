@@ -51,7 +51,7 @@ def options_from_env() -> tuple[EngineOptions, torch.dtype, str, str]:
 
 def mtp_weights_path(model_id: str) -> Path:
     """Where ``runtime.llm.mtp`` saves the self-distilled MTP modules of ``model_id``."""
-    from runtime.llm.embedded import cache_root
+    from voxcore.model_cache import cache_root
     return cache_root() / f"{model_id}-mtp.safetensors"
 
 

@@ -44,7 +44,7 @@ def _tokens(transcription) -> list[list[int]]:
 
 def test_converted_weights_load_and_match_the_ct2_file(asr):
     from asr.torch_whisper.convert import converted_path, read_ct2
-    from asr.embedded import whisper_model_dir
+    from voxcore.embedded_whisper import whisper_model_dir
 
     dims = asr.model.dims
     assert (dims.n_audio_layer, dims.n_text_layer, dims.n_text_state, dims.n_vocab) == (6, 6, 512, 51865)
@@ -64,7 +64,7 @@ def test_converted_weights_load_and_match_the_ct2_file(asr):
 def test_plain_greedy_matches_faster_whisper(asr, corpus):
     from faster_whisper import WhisperModel
 
-    from asr.embedded import whisper_model_dir
+    from voxcore.embedded_whisper import whisper_model_dir
 
     # float32: the embedded weights are float16, so both sides compute with the same numbers (the service's
     # int8 changes a few words; bench/whisper_mtp.py reports that separately).

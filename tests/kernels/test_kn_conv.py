@@ -1,5 +1,5 @@
 """Streaming causal conv with cached left state: kernel vs reference, streamed == offline, and the
-reference == ``tokenizer.streaming.StreamingConv1d`` (the vocoder's conv)."""
+reference == ``voxcore.streaming.StreamingConv1d`` (the vocoder's conv)."""
 from __future__ import annotations
 
 import pytest
@@ -66,7 +66,7 @@ def test_streamed_equals_offline(chunks):
 
 def test_reference_is_the_streaming_conv():
     """reference.causal_conv1d == StreamingConv1d fed the leaky-ReLU'd input, state included."""
-    from tokenizer.streaming import StreamingConv1d, bind_state_keys, init_states
+    from voxcore.streaming import StreamingConv1d, bind_state_keys, init_states
 
     conv = StreamingConv1d(6, 4, 7, dilation=3, causal=True)
     bind_state_keys(conv)

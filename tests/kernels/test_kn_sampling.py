@@ -123,7 +123,7 @@ def test_mtp_accept_matches_reference(device, dtype, b, k1, v, s, chunk):
 
 def test_mtp_accept_reference_is_the_engine_bookkeeping():
     """reference.mtp_accept == GreedyVerifier + the token/length updates of DecodeEngine.step."""
-    from runtime.verify import GreedyVerifier
+    from voxcore.verify import GreedyVerifier
 
     b, k1, v, s = 6, 4, 80, 30
     logits, tokens, lengths, active = _accept_case(b, k1, v, s, "cpu", torch.float32, seed=1)

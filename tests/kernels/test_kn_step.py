@@ -11,7 +11,7 @@ from kn_helpers import TARGETS, gen, target
 
 def _engine_verify(model, st, k):
     """DecodeEngine.step's verify half on a runtime DecodeState (greedy)."""
-    from runtime.verify import GreedyVerifier
+    from voxcore.verify import GreedyVerifier
 
     cap = st.capacity
     n = st.lengths.clone()

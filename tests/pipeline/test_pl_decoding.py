@@ -11,7 +11,7 @@ from runtime.generate import generate
 from runtime.presets import build_tiny
 from runtime.sampling import SamplingParams
 from tests.runtime.rt_helpers import OracleDrafter
-from tokenizer.interleave import AudioTokenLayout, interleave, split
+from voxcore.interleave import AudioTokenLayout, interleave, split
 
 FMT = AudioChatFormat()
 

@@ -82,7 +82,7 @@ def test_log_mel_is_causal_and_streams():
     y = x.clone()
     y[:, 2400:] = 0  # change the future
     torch.testing.assert_close(mel(y)[..., :15], full[..., :15])  # frames ending by sample 2400
-    from tokenizer.streaming import bind_state_keys, init_states
+    from voxcore.streaming import bind_state_keys, init_states
 
     bind_state_keys(mel)
     states = init_states(mel, 2, device="cpu")

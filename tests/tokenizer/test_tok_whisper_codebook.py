@@ -66,7 +66,7 @@ def test_same_sentence_codes_agree_more_than_different_sentences(trained):
 
 
 def test_codes_line_up_with_the_semantic_stream(trained):
-    from tokenizer.interleave import split
+    from voxcore.interleave import split
     from tokenizer.model import DualCodebookTokenizer
     from tokenizer.whisper_linguistic import encode_utterance_ids
 

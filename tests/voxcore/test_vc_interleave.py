@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenizer.interleave import (GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave, split,
-                                  split_whole_groups)
+from voxcore.interleave import GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, interleave, split, split_whole_groups
 
 layouts = st.builds(AudioTokenLayout, offset=st.integers(0, 70000), n_linguistic=st.integers(1, 1024),
                     n_semantic=st.integers(1, 4096))

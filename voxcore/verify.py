@@ -11,6 +11,9 @@ Shapes are static and nothing syncs with the host; with ``K = 0`` both reduce to
   accept ``d_i`` with probability ``min(1, p_i(d_i) / q_i(d_i))``; at the first rejection sample
   from ``norm(max(0, p_i - q_i))``; after K acceptances sample the bonus from ``p_{K+1}``. Each
   emitted token is then distributed exactly as under plain sampling from ``p``.
+
+Every multi-token decoder uses these (the audio LLM's ``runtime.engine`` and the Whisper decoder's
+``asr.torch_whisper.mtp``), so they sit below both; the sampler reaches them through :class:`Distributions`.
 """
 from __future__ import annotations
 
@@ -18,7 +21,17 @@ from typing import Protocol
 
 import torch
 
-from runtime.sampling import Sampler
+
+class Distributions(Protocol):
+    """What rejection sampling needs of a sampler (``runtime.sampling.Sampler`` is one)."""
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, T, V] -> the filtered target distributions [B, T, V]."""
+        ...
+
+    def sample(self, probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """probs [..., V] -> one token per row [...], without a host sync."""
+        ...
 
 
 def _leading_ones(accept: torch.Tensor) -> torch.Tensor:
@@ -45,7 +58,7 @@ class GreedyVerifier:
 class RejectionVerifier:
     """Speculative rejection sampling against the sampler's filtered distributions."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Distributions) -> None:
         self.sampler = sampler
 
     def __call__(self, logits: torch.Tensor, drafts: torch.Tensor, draft_probs: torch.Tensor | None,
@@ -54,7 +67,7 @@ class RejectionVerifier:
         k = k1 - 1
         p = self.sampler.probs(logits)                               # [B, K+1, V] target
         if k == 0:
-            return torch.zeros(b, dtype=torch.long, device=logits.device), Sampler.sample(p[:, 0], generator)
+            return torch.zeros(b, dtype=torch.long, device=logits.device), self.sampler.sample(p[:, 0], generator)
         assert draft_probs is not None, "sampling with drafts needs the draft distributions q"
         q = draft_probs.to(p.dtype)                                  # [B, K, V]
         p_d = p[:, :k].gather(2, drafts[..., None])[..., 0]          # p_i(d_i)  [B, K]
@@ -69,4 +82,4 @@ class RejectionVerifier:
         mass = resid.sum(-1, keepdim=True)
         # A rejection implies p != q, so the residual has mass; the fallback only guards rounding.
         dist = torch.where(mass > 0, resid / mass.clamp_min(1e-30), p.gather(1, idx)[:, 0])
-        return n_acc, Sampler.sample(dist, generator)
+        return n_acc, self.sampler.sample(dist, generator)

@@ -3,6 +3,7 @@
 The architecture sizes travel with the weights, so a directory is self-describing. This is *our*
 layout; converting the official Step-Audio / CosyVoice releases would need a key-mapping step that
 is not written yet (their tokenizers ship as ONNX + Paraformer checkpoints, not as this module tree).
+The tokenizer and the vocoder both save and load through here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Streaming building blocks shared by the tokenizer and the vocoder.
 
 One pattern everywhere (moshi `StreamingModule` style, with explicit state): every stateful leaf
-module (`StreamingConv1d`, `StreamingConvTranspose1d`, `CausalSelfAttention`, `features.LogMel`) keeps
+module (`StreamingConv1d`, `StreamingConvTranspose1d`, `CausalSelfAttention`, `tokenizer.features.LogMel`) keeps
 what it needs from the past in a small dataclass whose tensors have a leading batch/slot dimension.
 A model's state is a `dict[str, LeafState]` keyed by the leaf's module path (`bind_state_keys`).
 `forward(x, states=None)` runs offline: each leaf then starts from a fresh zero state, so offline and
