@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/voxline serve --host $(HOST) --port $(PORT) --preset $(PRESET)
 
+# Lint first (ruff, configured in pyproject.toml): an unused or undefined name fails in seconds, not after the suite.
 test: $(STAMP) chromium espeak
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian's headless Chromium for tests/webrtc/test_browser_e2e.py (Playwright drives it; no browser download).
