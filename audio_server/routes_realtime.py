@@ -3,14 +3,19 @@
 The edge only does transport: admission (API key, origin, session limits), the dialect (a client sending
 `OpenAI-Beta: realtime=v1` gets beta event names and shapes, any other gets GA), the receive loop, the
 limits of `ws_common` (idle, session length, slow consumer: an error event, then close 1008) and the
-drain on shutdown (`response.done{cancelled}`, close 1001), and cleanup. Everything else is `realtime/`: `RealtimeSession` decides, `SessionRunner` executes, and its
-serializer writes each event in the connection's dialect. Event reference: `../shared/PROTOCOLS.md` §6.1.
+drain on shutdown (`response.done{cancelled}`, close 1001), and cleanup. Everything else is `realtime/`: a
+`RealtimeHost` (its session decides, its runner executes) whose typed events `json_sink` writes in the
+connection's dialect. Event reference: `../shared/PROTOCOLS.md` §6.1.
+
+`open_host` / `close_host` / `speech_models` are how every transport (this socket, WebRTC, Twilio) gets its
+session: one place for the models, the chat engine, the limits, the metrics and the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket
 
@@ -25,11 +30,10 @@ from audio_server.ws_common import (
     registry,
 )
 from realtime.config import SessionConfig
-from realtime.engine_provider import chat_engine
+from realtime.engine_provider import chat_engine, pipeline_kind
+from realtime.host import EventSink, RealtimeHost, SessionLimits
 from realtime.items import new_id
-from realtime.protocol import Dialect, ProtocolError
-from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
+from realtime.protocol import Dialect, ProtocolError, json_sink
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,34 +44,71 @@ def dialect_of(ws: WebSocket) -> Dialect:
     return Dialect.BETA if "realtime=v1" in beta.split(",") else Dialect.GA
 
 
-def live_sessions(app) -> dict[str, SessionRunner]:
-    """The app's open realtime sessions by id (for metrics, tests and shutdown)."""
+def live_sessions(app) -> dict[str, RealtimeHost]:
+    """The app's open realtime sessions by id, whatever their transport (for metrics, tests and shutdown)."""
     sessions = getattr(app.state, "realtime_sessions", None)
     if sessions is None:
         sessions = app.state.realtime_sessions = {}
     return sessions
 
 
+async def speech_models(hub):
+    """Load what a realtime session needs before it opens, off the loop, and return the VAD. Piper only for
+    the cascade: the unified model speaks through its own vocoder."""
+    loop = asyncio.get_running_loop()
+    vad = await loop.run_in_executor(hub.executor, hub.vad)
+    if pipeline_kind(hub) != "unified":
+        await loop.run_in_executor(hub.executor, hub.tts)
+    return vad
+
+
+def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
+              on_backlog: Callable[[int], None]) -> RealtimeHost:
+    """The realtime session of one connection, for every transport: the app's models, chat engine (loaded on
+    first use), limits and turn-latency metric. Registered in `live_sessions` until `close_host`."""
+    settings, metrics = app.state.settings, app.state.metrics
+    loop = asyncio.get_running_loop()
+    model = config.model
+
+    async def load_engine():
+        return await loop.run_in_executor(None, chat_engine, app.state, model)
+
+    def observe(latency: float, trigger: str) -> None:
+        metrics.realtime_turn_latency.labels(trigger).observe(latency)
+
+    limits = SessionLimits(settings.max_input_buffer_s, settings.max_conversation_bytes, settings.max_append_bytes,
+                           settings.max_queued_events)
+    host = RealtimeHost(session_id, vad, config, app.state.hub, load_engine, sink, limits=limits,
+                        on_turn_latency=observe, on_backlog=on_backlog)
+    live_sessions(app)[host.id] = host
+    app.state.realtime_loop = loop  # where sessions run (tests check that none leaves a task behind)
+    return host
+
+
+async def close_host(app, host: RealtimeHost) -> None:
+    """Cancel and await everything of the session, and forget it."""
+    try:
+        await host.close()
+    finally:
+        live_sessions(app).pop(host.id, None)
+
+
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket) -> None:
     app = ws.app
-    hub, metrics, settings = app.state.hub, app.state.metrics, app.state.settings
+    hub, metrics = app.state.hub, app.state.metrics
     if not await admit(ws, "realtime"):
         return
     sock = SocketSession(ws, "realtime", metrics)
     slot = SessionSlot(ws, "realtime", sock).acquire()  # no await since admit: the limits hold
-    runner: SessionRunner | None = None
-    sessions = live_sessions(app)
+    host: RealtimeHost | None = None
     try:
         offered = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
         dialect = dialect_of(ws)
         model = ws.query_params.get("model") or "voxline-realtime"
-        loop = asyncio.get_running_loop()
         try:
-            vad = await loop.run_in_executor(hub.executor, hub.vad)
-            if hub.settings.pipeline != "unified":  # the unified model speaks through its own vocoder
-                await loop.run_in_executor(hub.executor, hub.tts)
+            vad = await speech_models(hub)
         except Exception:
             log.exception("[%s] models failed to load", sock.id)
             await sock.send_json({"type": "error", "event_id": "event_load", "error": {
@@ -76,32 +117,21 @@ async def realtime(ws: WebSocket) -> None:
             sock.end(CLOSE_INTERNAL, "speech models failed to load")
             return
 
-        async def load_engine():
-            return await loop.run_in_executor(None, chat_engine, app.state, model)
-
         async def send(wire: dict) -> None:
             code = wire["error"].get("code") if wire["type"] == "error" else None
             if code is not None and code != sock.end_error:  # an end reason is counted once, by end()
                 metrics.ws_errors.labels("realtime", str(code)).inc()
             await sock.send_json(wire)
 
-        def observe(latency: float, trigger: str) -> None:
-            metrics.realtime_turn_latency.labels(trigger).observe(latency)
-
         def backlog(queued: int) -> None:
             sock.end(CLOSE_POLICY, f"client too slow: {queued} events wait unread (max_queued_events)",
                      "slow_consumer")
 
-        session = RealtimeSession(new_id("sess"), vad, SessionConfig(model=model),
-                                  max_buffer_seconds=settings.max_input_buffer_s,
-                                  max_conversation_bytes=settings.max_conversation_bytes)
-        runner = SessionRunner(session, hub, load_engine, send, dialect, on_turn_latency=observe,
-                               max_append_bytes=settings.max_append_bytes,
-                               max_queued_events=settings.max_queued_events, on_backlog=backlog)
-        sessions[session.id] = runner
-        app.state.realtime_loop = loop  # where sessions run (tests check that none leaves a task behind)
-        log.info("[%s] open %s (%s, model %s)", sock.id, session.id, dialect.value, model)
-        await runner.start()
+        session_id = new_id("sess")
+        host = open_host(app, session_id, vad, SessionConfig(model=model), json_sink(send, dialect, session_id),
+                         backlog)
+        log.info("[%s] open %s (%s, model %s)", sock.id, session_id, dialect.value, model)
+        await host.start()
         while True:
             try:
                 kind, payload = await sock.receive()
@@ -110,34 +140,33 @@ async def realtime(ws: WebSocket) -> None:
             if kind == "close":
                 break
             if kind == "bytes":
-                runner.protocol_error(ProtocolError("binary frames are not part of the Realtime protocol; send "
-                                                    "JSON text events (audio as base64 in input_audio_buffer.append)",
-                                                    code="invalid_event"))
+                host.client_error(ProtocolError("binary frames are not part of the Realtime protocol; send "
+                                                "JSON text events (audio as base64 in input_audio_buffer.append)",
+                                                code="invalid_event"))
             else:
-                await runner.handle_text(payload)  # type: ignore[arg-type]
+                await host.client_event(payload)  # type: ignore[arg-type]
             await asyncio.sleep(0)  # a burst of queued messages must not starve the writer and other sessions
-        await wind_down(runner, sock)
+        await wind_down(host, sock)
     except Exception:
         log.exception("[%s] session failed", sock.id)
     except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
         sock.end(CLOSE_INTERNAL, "the session was cancelled on the server")
         raise
     finally:
-        if runner is not None:
-            await runner.close()
-            sessions.pop(runner.session.id, None)
+        if host is not None:
+            await close_host(app, host)
         await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
         slot.release()
         log.info("[%s] closed%s", sock.id, f" ({sock.end_reason})" if sock.end_reason else "")
 
 
-async def wind_down(runner: SessionRunner, sock: SocketSession) -> None:
+async def wind_down(host: RealtimeHost, sock: SocketSession) -> None:
     """The session is ending (the socket is still open): say why, or on shutdown close what is in flight
     — `response.done{cancelled}`, failed transcriptions — and let the writer send it, within the drain's
     time. A slow consumer gets nothing more: it would not read it."""
     if sock.end_code == CLOSE_GOING_AWAY:
-        runner.shutdown()
-        await runner.drain(max(0.0, registry(sock.ws.app).remaining(CLOSE_TIMEOUT_S) - 0.5))
+        host.shutdown()
+        await host.drain(max(0.0, registry(sock.ws.app).remaining(CLOSE_TIMEOUT_S) - 0.5))
     elif sock.end_error in ("idle_timeout", "session_expired"):
-        runner.protocol_error(ProtocolError(sock.end_reason, code=sock.end_error, type="invalid_request_error"))
-        await runner.drain(CLOSE_TIMEOUT_S)
+        host.client_error(ProtocolError(sock.end_reason, code=sock.end_error, type="invalid_request_error"))
+        await host.drain(CLOSE_TIMEOUT_S)

@@ -3,9 +3,10 @@
 The edge only translates. Twilio's frames (parsed by `audio_server.twilio_protocol`) become session input:
 `media` payloads are appended to a `RealtimeSession` configured for G.711 μ-law 8 kHz in and out (as a
 Realtime client with `audio/pcmu` would), so the session's own codec, resampling, VAD, ASR and response
-pipeline do the work. The session's output (Realtime GA events, from its `SessionRunner`) becomes Twilio's:
+pipeline do the work. The session's output (the typed events of `realtime.events`, from its `RealtimeHost`)
+becomes Twilio's — `TwilioCall._out` is this wire's one serializer:
 
-- `response.output_audio.delta` → 160-byte (20 ms) μ-law `media` frames with the call's streamSid;
+- `AudioDelta` (μ-law bytes as the session encoded them) → 160-byte (20 ms) `media` frames with the streamSid;
 - the end of a response's audio → a `mark` named after the response id (Twilio echoes it once played);
 - barge-in (`speech_started` while our audio may still be playing, or a response cancelled with
   `turn_detected`) → `clear` at once, then the assistant item is truncated to what the caller heard:
@@ -29,7 +30,6 @@ silent or wrong socket is closed with 1008 having cost nothing but the connectio
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, WebSocket
 
 from audio_server import twilio_protocol as tp
-from audio_server.routes_realtime import live_sessions, wind_down
+from audio_server.routes_realtime import close_host, open_host, speech_models, wind_down
 from audio_server.ws_common import (
     CLOSE_BUSY,
     CLOSE_INTERNAL,
@@ -49,12 +49,12 @@ from audio_server.ws_common import (
     registry,
 )
 from audio_server.twilio_tokens import Refusal, stream_tokens, tokens_required
+from realtime.audio import PCMU
 from realtime.config import ConfigError, SessionConfig, apply_update
-from realtime.engine_provider import chat_engine
+from realtime.events import AudioDelta, AudioDone, ErrorEvent, ResponseDone, ServerEvent, SpeechStarted
+from realtime.host import RealtimeHost
 from realtime.items import new_id
-from realtime.protocol import AudioAppend, ItemCreate, ItemTruncate, ResponseCreate
-from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
+from realtime.protocol import ItemCreate, ItemTruncate, ResponseCreate
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -120,7 +120,7 @@ class TwilioCall:
         self.app = ws.app
         self.metrics = self.app.state.metrics
         self.state = CallState()
-        self.runner: SessionRunner | None = None
+        self.host: RealtimeHost | None = None
         self.dtmf_mode = "context"
 
     def problem(self, code: str, message: str) -> None:
@@ -136,13 +136,12 @@ class TwilioCall:
             self.problem(exc.code, str(exc))
             return True
         if isinstance(ev, tp.Media):
-            if self.runner is None:
+            if self.host is None:
                 self.problem("media_before_start", "media frame before 'start'")
             elif ev.track not in ("inbound", "inbound_track"):
                 pass  # only the caller's audio is speech for the session
             elif ev.payload:
-                r = self.runner
-                r.execute(r.session.handle(AudioAppend(None, ev.payload), r.clock()))
+                await self.host.append_audio(ev.payload, PCMU)
             return True
         if isinstance(ev, tp.Start):  # the first one was taken by `await_start`
             self.problem("duplicate_start", "a second 'start' on one stream is ignored")
@@ -156,10 +155,10 @@ class TwilioCall:
                 self._forget_played()
             return True
         if isinstance(ev, tp.Dtmf):
-            self._dtmf(ev.digit)
+            await self._dtmf(ev.digit)
             return True
         if isinstance(ev, tp.Ping):
-            await self.sock._send(text=tp.pong())
+            await self.sock.send_text(tp.pong())
             return True
         if isinstance(ev, tp.Stop):
             log.info("[%s] stop (call %s)", self.sock.id, ev.call_sid or self.state.call_sid)
@@ -225,83 +224,75 @@ class TwilioCall:
         params = ev.custom_parameters
         mode = params.get("dtmf", "context")
         self.dtmf_mode = mode if mode in DTMF_MODES else "context"
-        model = "voxline-realtime"
         settings = self.app.state.settings
-        session = RealtimeSession(new_id("sess"), vad, session_config(params, model, settings.phone_language),
-                                  max_buffer_seconds=settings.max_input_buffer_s,
-                                  max_conversation_bytes=settings.max_conversation_bytes)
-        loop = asyncio.get_running_loop()
-        app = self.app
-
-        async def load_engine():
-            return await loop.run_in_executor(None, chat_engine, app.state, model)
-
-        def observe(latency: float, trigger: str) -> None:
-            self.metrics.realtime_turn_latency.labels(trigger).observe(latency)
 
         def backlog(queued: int) -> None:
             self.sock.end(CLOSE_POLICY, f"Twilio too slow: {queued} events wait unread", "slow_consumer")
 
-        self.runner = SessionRunner(session, app.state.hub, load_engine, self._out, on_turn_latency=observe,
-                                    max_queued_events=settings.max_queued_events, on_backlog=backlog)
-        live_sessions(app)[session.id] = self.runner
-        app.state.realtime_loop = loop
+        config = session_config(params, "voxline-realtime", settings.phone_language)
+        self.host = open_host(self.app, new_id("sess"), vad, config, self._out, backlog)
         log.info("[%s] start stream %s call %s → %s (voice %s)", self.sock.id, st.stream_sid, st.call_sid,
-                 session.id, session.config.voice)
-        await self.runner.start()
+                 self.host.id, config.voice)
+        await self.host.start()
 
-    def _dtmf(self, digit: str) -> None:
-        r = self.runner
-        if r is None:
+    async def _dtmf(self, digit: str) -> None:
+        host = self.host
+        if host is None:
             self.problem("dtmf_before_start", "dtmf frame before 'start'")
             return
         if self.dtmf_mode == "ignore":
             return
         item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": f"[DTMF {digit}]"}]}
-        r.execute(r.session.handle(ItemCreate(None, item), r.clock()))
-        if self.dtmf_mode == "respond" and r.session.active is None:
-            r.execute(r.session.handle(ResponseCreate(None), r.clock()))
+        await host.client_event(ItemCreate(None, item))
+        if self.dtmf_mode == "respond" and host.session.active is None:
+            await host.client_event(ResponseCreate(None))
 
-    # ---- out -------------------------------------------------------------------------------------------
+    # ---- out: this wire's serializer ---------------------------------------------------------------------
     async def _send(self, text: str) -> None:
-        await self.sock._send(text=text)
+        await self.sock.send_text(text)
 
-    async def _out(self, wire: dict) -> None:
-        """A session event (GA wire dict) → Twilio frames. Called by the session's single writer, in order."""
-        kind = wire["type"]
-        st = self.state
-        if kind == "response.output_audio.delta":
-            rid = wire.get("response_id")
-            pb = st.playbacks.get(rid)
-            if pb is None:
-                pb = st.playbacks[rid] = Playback(rid)
-            if pb.cleared:
-                return
-            pb.item_id = wire.get("item_id")
-            if st.pending_response != rid:
-                await self._flush()
-                st.pending_response = rid
-            st.pending += base64.b64decode(wire["delta"])
-            while len(st.pending) >= tp.FRAME_BYTES:
-                await self._frame(pb, bytes(st.pending[:tp.FRAME_BYTES]))
-                del st.pending[:tp.FRAME_BYTES]
-        elif kind in ("response.output_audio.done", "response.done"):
-            rid = wire.get("response_id") or (wire.get("response") or {}).get("id")
-            pb = st.playbacks.get(rid)
-            status = (wire.get("response") or {}).get("status")
-            details = (wire.get("response") or {}).get("status_details") or {}
-            if kind == "response.done" and status == "cancelled" and details.get("reason") == "turn_detected":
-                await self._barge_in()
-            elif pb is not None and not pb.cleared and not pb.marked:
-                if st.pending_response == rid:
-                    await self._flush()
-                pb.marked = True
-                await self._send(tp.mark(st.stream_sid, rid))
-        elif kind == "input_audio_buffer.speech_started":
+    async def _out(self, event: ServerEvent) -> None:
+        """A session event → Twilio frames. Called by the session's single writer, in order."""
+        if isinstance(event, AudioDelta):
+            await self._audio(event)
+        elif isinstance(event, ResponseDone) and event.status == "cancelled" and event.reason == "turn_detected":
             await self._barge_in()
-        elif kind == "error":
-            err = wire.get("error") or {}
-            self.problem(str(err.get("code")), str(err.get("message")))
+        elif isinstance(event, (AudioDone, ResponseDone)):
+            await self._mark(event.response_id)
+        elif isinstance(event, SpeechStarted):
+            await self._barge_in()
+        elif isinstance(event, ErrorEvent):
+            self.problem(str(event.code), str(event.error.get("message")))
+
+    async def _audio(self, event: AudioDelta) -> None:
+        st = self.state
+        if event.format != PCMU:  # the call's session is μ-law both ways; nothing else can be played
+            self.problem("unsupported_output_format", f"response audio in {event.format}")
+            return
+        rid = event.response_id
+        pb = st.playbacks.get(rid)
+        if pb is None:
+            pb = st.playbacks[rid] = Playback(rid)
+        if pb.cleared:
+            return
+        pb.item_id = event.item_id
+        if st.pending_response != rid:
+            await self._flush()
+            st.pending_response = rid
+        st.pending += event.audio
+        while len(st.pending) >= tp.FRAME_BYTES:
+            await self._frame(pb, bytes(st.pending[:tp.FRAME_BYTES]))
+            del st.pending[:tp.FRAME_BYTES]
+
+    async def _mark(self, rid: str) -> None:
+        """The response's audio is all sent: a mark after it, which Twilio echoes once it has played."""
+        st = self.state
+        pb = st.playbacks.get(rid)
+        if pb is not None and not pb.cleared and not pb.marked:
+            if st.pending_response == rid:
+                await self._flush()
+            pb.marked = True
+            await self._send(tp.mark(st.stream_sid, rid))
 
     async def _frame(self, pb: Playback, frame: bytes) -> None:
         st = self.state
@@ -347,24 +338,23 @@ class TwilioCall:
             heard = max(0.0, pb.sent_ms - unplayed_ms)
             unplayed_ms = max(0.0, unplayed_ms - pb.sent_ms)
             pb.cleared = True
-            self._truncate(pb, heard)
+            await self._truncate(pb, heard)
         log.info("[%s] barge-in: clear sent", self.sock.id)
         self._forget_played()
 
-    def _truncate(self, pb: Playback, heard_ms: float) -> None:
-        r = self.runner
-        if r is None or pb.item_id is None or r.session.conversation.get(pb.item_id) is None:
+    async def _truncate(self, pb: Playback, heard_ms: float) -> None:
+        host = self.host
+        item = host.session.conversation.get(pb.item_id) if host is not None and pb.item_id else None
+        if item is None:
             return
-        part = r.session.conversation.get(pb.item_id).content
+        part = item.content
         limit = part[0].audio_ms if part and part[0].type == "audio" else 0.0
-        end = int(min(heard_ms, limit))
-        r.execute(r.session.handle(ItemTruncate(None, pb.item_id, 0, end), r.clock()))
+        await host.client_event(ItemTruncate(None, pb.item_id, 0, int(min(heard_ms, limit))))  # type: ignore[union-attr]
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.close()
-            live_sessions(self.app).pop(self.runner.session.id, None)
+        if self.host is not None:
+            await close_host(self.app, self.host)
 
 
 @router.websocket("/twilio/media")
@@ -392,10 +382,8 @@ async def twilio_media(ws: WebSocket) -> None:
             return
         slot.acquire()  # no await since the check: the limits hold
         log.info("[%s] open", sock.id)
-        loop = asyncio.get_running_loop()
         try:
-            vad = await loop.run_in_executor(hub.executor, hub.vad)
-            await loop.run_in_executor(hub.executor, hub.tts)
+            vad = await speech_models(hub)
         except Exception:
             log.exception("[%s] models failed to load", sock.id)
             sock.end(CLOSE_INTERNAL, "speech models failed to load")
@@ -413,8 +401,8 @@ async def twilio_media(ws: WebSocket) -> None:
                 continue
             if not await call.handle(payload):  # type: ignore[arg-type]
                 break
-        if call.runner is not None:
-            await wind_down(call.runner, sock)
+        if call.host is not None:
+            await wind_down(call.host, sock)
     except Exception:
         log.exception("[%s] call failed", sock.id)
     except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011

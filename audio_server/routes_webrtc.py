@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from audio_server.auth import key_ok, presented_key
 from audio_server.errors import APIError, error_response
-from audio_server.routes_realtime import dialect_of, live_sessions
+from audio_server.routes_realtime import dialect_of, speech_models
 from audio_server.webrtc_candidates import CandidatePolicy, screen_candidates
 from audio_server.webrtc_config import parse_ice_servers
 from audio_server.webrtc_offer import Offer, bad_offer, parse_body
@@ -136,19 +136,14 @@ async def new_call(request: Request) -> Response:
     slot = SessionSlot(request, KIND).acquire()
     peer = None
     try:
-        loop = asyncio.get_running_loop()
-        hub = app.state.hub
         try:
-            vad = await loop.run_in_executor(hub.executor, hub.vad)
-            await loop.run_in_executor(hub.executor, hub.tts)
+            vad = await speech_models(app.state.hub)
         except Exception:
             log.exception("webrtc: speech models failed to load")
             raise APIError(503, "the speech models failed to load", code="models_unavailable",
                            type="server_error") from None
         peer = WebRTCPeer(app, vad, config, dialect_of(request), slot, owner=_owner(request))
         peers(app)[peer.id] = peer
-        live_sessions(app)[peer.session.id] = peer.runner
-        app.state.realtime_loop = loop
         sdp = await peer.answer(offer.sdp)
     except APIError:
         await _discard(peer, slot, "models unavailable")

@@ -1,18 +1,18 @@
-"""One browser call over WebRTC: an aiortc `RTCPeerConnection` driving the same realtime session as
-`/v1/realtime` (a `RealtimeSession` decides, its `SessionRunner` executes).
+"""One browser call over WebRTC: an aiortc `RTCPeerConnection` driving the same `RealtimeHost` as
+`/v1/realtime` (`routes_realtime.open_host`).
 
-The edge translates, nothing more:
-- inbound audio track → `MicInput` → `input_audio_buffer.append` of the session (its VAD, turns, ASR);
-- the session's `response.output_audio.delta` → `SpeakerTrack` (paced 20 ms Opus frames), never the data
-  channel; every other event → the `oai-events` data channel as Realtime JSON (GA, or beta names when the
-  offer carried `OpenAI-Beta: realtime=v1`); client events on the channel → `runner.handle_text`, exactly
-  as socket messages are;
+The edge translates, nothing more (`_out` is this wire's serializer):
+- inbound audio track → `MicInput` → `host.append_audio` in the session's input format (its VAD, turns, ASR);
+- the session's `AudioDelta`s → `SpeakerTrack` (paced 20 ms Opus frames), never the data channel; every
+  other event → the `oai-events` data channel as Realtime JSON (GA, or beta names when the offer carried
+  `OpenAI-Beta: realtime=v1`); client events on the channel → `host.client_event`, exactly as socket
+  messages are;
 - barge-in (`speech_started` with `interrupt_response`) clears the speaker's queue at once, reports
   `output_audio_buffer.cleared` and truncates the assistant item to what was played; the client event
   `output_audio_buffer.clear` does the same on request; `output_audio_buffer.started/stopped` follow playback.
 
 Lifecycle: a peer lives in the app's registry (`peers(app)`) and holds a session slot (`ws_common`'s
-limits) from the offer on. It closes — runner tasks cancelled and awaited, tracks stopped, the connection
+limits) from the offer on. It closes — session tasks cancelled and awaited, tracks stopped, the connection
 closed, the slot freed — when the connection fails or closes, when it never connects
 (`webrtc_connect_timeout_s`), when a connected peer goes silent (`webrtc_idle_timeout_s`: no media, no
 messages: the tab vanished), after `max_session_s` (an error event first), on hang-up, and at server
@@ -22,9 +22,7 @@ shutdown (`close_all`: the response in flight ends `cancelled` first). Every log
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
-import itertools
 import json
 import logging
 from collections import OrderedDict, deque
@@ -36,15 +34,22 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
+from audio_server.routes_realtime import close_host, open_host
 from audio_server.webrtc_config import host_addresses, parse_ice_servers
 from audio_server.webrtc_tracks import RATE, MicInput, SpeakerTrack, decode_pcm
-from realtime.audio import AudioFormat, StreamResampler, parse_format
+from realtime.audio import StreamResampler
 from realtime.config import SessionConfig
-from realtime.engine_provider import chat_engine
+from realtime.events import (
+    AudioDelta,
+    AudioDone,
+    ErrorEvent,
+    OutputAudioBuffer,
+    ResponseDone,
+    ServerEvent,
+    SpeechStarted,
+)
 from realtime.items import new_id
-from realtime.protocol import AudioAppend, Dialect, ItemTruncate, ProtocolError
-from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
+from realtime.protocol import Dialect, ItemTruncate, JSONTextError, ProtocolError, Serializer, load_json
 
 log = logging.getLogger(__name__)
 KIND = "webrtc"
@@ -116,17 +121,6 @@ async def close_all(app, reason: str = "server shutdown") -> None:
                          return_exceptions=True)
 
 
-def _response_format(wire: dict, fallback: AudioFormat) -> AudioFormat:
-    """The output format of a `response.created` event, in either dialect."""
-    response = wire.get("response") or {}
-    raw = ((response.get("audio") or {}).get("output") or {}).get("format") or response.get("output_audio_format")
-    try:
-        return parse_format(raw) if raw is not None else fallback
-    except ValueError:
-        return fallback
-
-
-
 def shorten_jitter_buffer(receiver, frames: int) -> None:
     """Hold ``frames`` 20 ms frames of inbound audio instead of aiortc's fixed 4 (80 ms).
 
@@ -154,34 +148,24 @@ class WebRTCPeer:
         self.pc = RTCPeerConnection(rtc_configuration(self.settings))
         self.speaker = SpeakerTrack(on_event=self._playback_event)
         self.mic = MicInput()
-        s = self.settings
-        self.session = RealtimeSession(new_id("sess"), vad, config, max_buffer_seconds=s.max_input_buffer_s,
-                                       max_conversation_bytes=s.max_conversation_bytes)
         loop = asyncio.get_running_loop()
-        model = config.model
-
-        async def load_engine():
-            return await loop.run_in_executor(None, chat_engine, app.state, model)
-
-        def observe(latency: float, trigger: str) -> None:
-            self.metrics.realtime_turn_latency.labels(trigger).observe(latency)
 
         def backlog(queued: int) -> None:
             self.request_close(f"{queued} events wait unread (max_queued_events)", "slow_consumer")
 
-        self.runner = SessionRunner(self.session, app.state.hub, load_engine, self._out, dialect,
-                                    on_turn_latency=observe, max_append_bytes=s.max_append_bytes,
-                                    max_queued_events=s.max_queued_events, on_backlog=backlog)
+        session_id = new_id("sess")
+        self._wire = Serializer(dialect, session_id)  # the data channel's Realtime JSON
+        self.host = open_host(app, session_id, vad, config, self._out, backlog)
+        self.session = self.host.session
         self.channel = None
         self.audio_out = False
         self._mic_task: asyncio.Task | None = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
-        self._inbox: asyncio.Queue[str] = asyncio.Queue()
-        self._formats: dict[str, AudioFormat] = {}
+        # Client events in arrival order: data channel text, and the truncations the edge makes on barge-in.
+        self._inbox: asyncio.Queue[str | ItemTruncate] = asyncio.Queue()
         self._resamplers: dict[str, StreamResampler] = {}
         self._items: dict[str, str] = {}  # response id → its assistant item id (for truncation)
         self._cleared: set[str] = set()
-        self._event_ids = itertools.count(1)
         self.tasks: set[asyncio.Task] = set()
         self.created = self.last_activity = loop.time()
         self.connected = False
@@ -221,7 +205,7 @@ class WebRTCPeer:
         with offered_addresses(host_addresses(self.settings.host, self.settings.ice_host_addresses)):
             await self.pc.setLocalDescription(answer)
         if start:
-            await self.runner.start()
+            await self.host.start()
             self._spawn(self._read(), "events")
             self._spawn(self._watch(), "watch")
             limit = self.settings.max_session_s
@@ -240,16 +224,16 @@ class WebRTCPeer:
     async def _pump(self, track) -> None:
         """Remote audio → session input, frame by frame (the session's VAD runs on each append)."""
         loop = asyncio.get_running_loop()
-        r = self.runner
         while not self.closed:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 break
             self.last_activity = loop.time()
-            data = self.mic(frame, self.session.config.input_format)
+            fmt = self.host.input_format
+            data = self.mic(frame, fmt)
             if data:
-                r.execute(r.session.handle(AudioAppend(None, data), r.clock()))
+                await self.host.append_audio(data, fmt)
         log.info("[%s] inbound audio ended after %d frames", self.id, self.mic.frames)
 
     def _on_datachannel(self, channel) -> None:
@@ -268,7 +252,7 @@ class WebRTCPeer:
         if self.closed:
             return
         if isinstance(message, bytes):
-            self.runner.protocol_error(ProtocolError(
+            self.host.client_error(ProtocolError(
                 "binary messages are not part of the Realtime protocol; send JSON text events",
                 code="invalid_event"))
             return
@@ -279,16 +263,15 @@ class WebRTCPeer:
     async def _read(self) -> None:
         """Client events in arrival order, one at a time (a large append yields between its slices)."""
         while True:
-            text = await self._inbox.get()
-            await self.runner.handle_text(text)
+            await self.host.client_event(await self._inbox.get())
 
     def _local_event(self, text: str) -> bool:
         """`output_audio_buffer.clear` is a WebRTC-only client event: the edge owns the output buffer."""
         if "output_audio_buffer.clear" not in text:
             return False
         try:
-            msg = json.loads(text)
-        except ValueError:
+            msg = load_json(text)
+        except JSONTextError:
             return False
         if not isinstance(msg, dict) or msg.get("type") != "output_audio_buffer.clear":
             return False
@@ -296,44 +279,35 @@ class WebRTCPeer:
         return True
 
     # ---- outbound --------------------------------------------------------------------------------------
-    async def _out(self, wire: dict) -> None:
-        """A session event (wire dict) → the speaker track or the data channel. Called by the session's
-        single writer, in order; control events arrive here ahead of queued audio."""
-        kind = wire["type"]
-        if kind in ("response.output_audio.delta", "response.audio.delta"):
-            self._audio(wire)
+    async def _out(self, event: ServerEvent) -> None:
+        """A session event → the speaker track or the data channel. Called by the session's single writer,
+        in order; control events arrive here ahead of queued audio."""
+        if isinstance(event, AudioDelta):
+            self._audio(event)
             return
-        if kind == "response.created":
-            rid = (wire.get("response") or {}).get("id")
-            if rid:
-                self._formats[rid] = _response_format(wire, self.session.config.output_format)
-        elif kind in ("response.output_audio.done", "response.audio.done"):
-            self._end_audio(wire.get("response_id"))
-        elif kind == "input_audio_buffer.speech_started":
-            self._send(wire)
+        if isinstance(event, AudioDone):
+            self._end_audio(event.response_id)
+        elif isinstance(event, SpeechStarted):
+            self._send(event)
             td = self.session.config.turn_detection
             if td is not None and td.interrupt_response:
                 self._clear_output(requested=False)  # barge-in: the voice stops now, not after its queue
             return
-        elif kind == "response.done":
-            rid = (wire.get("response") or {}).get("id")
-            self._end_audio(rid)
-            self._cleared.discard(rid)  # nothing of a response follows its response.done
-        elif kind == "error":
-            self.metrics.ws_errors.labels(KIND, str((wire.get("error") or {}).get("code"))).inc()
-        self._send(wire)
+        elif isinstance(event, ResponseDone):
+            self._end_audio(event.response_id)
+            self._cleared.discard(event.response_id)  # nothing of a response follows its response.done
+        elif isinstance(event, ErrorEvent):
+            self.metrics.ws_errors.labels(KIND, str(event.code)).inc()
+        self._send(event)
 
-    def _audio(self, wire: dict) -> None:
-        rid = wire.get("response_id")
-        if not rid or rid in self._cleared or not self.audio_out:
+    def _audio(self, event: AudioDelta) -> None:
+        rid = event.response_id
+        if rid in self._cleared or not self.audio_out:
             return
-        if wire.get("item_id"):
-            self._items[rid] = wire["item_id"]
-        fmt = self._formats.get(rid) or self.session.config.output_format
+        self._items[rid] = event.item_id
         if rid not in self._resamplers:
-            self._resamplers[rid] = StreamResampler(fmt.rate, RATE, dtype="int16")
-        pcm = decode_pcm(base64.b64decode(wire.get("delta") or ""), fmt)
-        self.speaker.push(rid, self._resamplers[rid](pcm))
+            self._resamplers[rid] = StreamResampler(event.format.rate, RATE, dtype="int16")
+        self.speaker.push(rid, self._resamplers[rid](decode_pcm(event.audio, event.format)))
 
     def _end_audio(self, rid: str | None) -> None:
         resampler = self._resamplers.pop(rid, None) if rid else None
@@ -342,7 +316,6 @@ class WebRTCPeer:
         if resampler is not None and rid not in self._cleared:
             self.speaker.push(rid, resampler(np.zeros(0, np.int16), last=True))
         self.speaker.finish(rid)
-        self._formats.pop(rid, None)
 
     def _clear_output(self, requested: bool) -> None:
         """Drop all unplayed assistant audio now and truncate each affected item to what was played.
@@ -351,32 +324,32 @@ class WebRTCPeer:
         for rid, heard_ms in lost.items():
             self._cleared.add(rid)
             self._resamplers.pop(rid, None)
-            self._send({"type": "output_audio_buffer.cleared", "event_id": self._event_id(), "response_id": rid})
+            self._send(OutputAudioBuffer("cleared", rid))
             log.info("[%s] output cleared (%s): %s heard for %.0f ms", self.id,
                      "requested" if requested else "barge-in", rid, heard_ms)
             self._truncate(rid, heard_ms)
             self._items.pop(rid, None)
         if requested and not lost:
-            self._send({"type": "output_audio_buffer.cleared", "event_id": self._event_id(), "response_id": None})
+            self._send(OutputAudioBuffer("cleared", None))
 
     def _truncate(self, rid: str, heard_ms: float) -> None:
+        """Cut the response's item to what was played: a client event of the edge, in line with the others."""
         item_id = self._items.get(rid)
-        r = self.runner
-        item = r.session.conversation.get(item_id) if item_id else None
+        item = self.session.conversation.get(item_id) if item_id else None
         if item is None or not item.content or item.content[0].type != "audio":
             return
-        end = int(min(heard_ms, item.content[0].audio_ms))
-        r.execute(r.session.handle(ItemTruncate(None, item_id, 0, end), r.clock()))
+        self._inbox.put_nowait(ItemTruncate(None, item_id, 0, int(min(heard_ms, item.content[0].audio_ms))))
 
     def _playback_event(self, kind: str, rid: str) -> None:
         if kind == "stopped":
             self._items.pop(rid, None)  # played out: it can no longer be cut short
-        self._send({"type": f"output_audio_buffer.{kind}", "event_id": self._event_id(), "response_id": rid})
+        self._send(OutputAudioBuffer(kind, rid))
 
-    def _event_id(self) -> str:
-        return f"event_{self.id[-6:]}w{next(self._event_ids):05d}"
-
-    def _send(self, wire: dict) -> None:
+    def _send(self, event: ServerEvent) -> None:
+        """An event → the data channel as Realtime JSON (held until the channel opens)."""
+        wire = self._wire(event)
+        if wire is None:  # no equivalent in the client's dialect
+            return
         text = json.dumps(wire)
         channel = self.channel
         if channel is None or channel.readyState != "open":
@@ -440,10 +413,10 @@ class WebRTCPeer:
         if code not in ("server_shutdown", "session_expired") or channel is None or channel.readyState != "open":
             return
         if code == "server_shutdown":
-            self.runner.shutdown()
+            self.host.shutdown()
         else:
-            self.runner.protocol_error(ProtocolError(reason, code=code))
-        await self.runner.drain(1.0)
+            self.host.client_error(ProtocolError(reason, code=code))
+        await self.host.drain(1.0)
         deadline = asyncio.get_running_loop().time() + 1.0  # SCTP has them queued: give them a moment to leave
         while getattr(channel, "bufferedAmount", 0) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
@@ -470,21 +443,18 @@ class WebRTCPeer:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-            await self.runner.close()
+            await close_host(self.app, self.host)
             self.speaker.stop()
             try:
                 await asyncio.wait_for(self.pc.close(), 10)
             except Exception:
                 log.warning("[%s] peer connection did not close cleanly", self.id, exc_info=True)
         finally:
-            from audio_server.routes_realtime import live_sessions
-
             peers(self.app).pop(self.id, None)
             ended = ended_calls(self.app)
             ended[self.id] = self.owner
             while len(ended) > ENDED_MEMORY:
                 ended.popitem(last=False)
-            live_sessions(self.app).pop(self.session.id, None)
             self.slot.release()
             log.info("[%s] closed: %d frames in, %d frames out (%d with speech)", self.id, self.mic.frames,
                      self.speaker.frames_sent, self.speaker.voiced_frames)

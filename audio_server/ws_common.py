@@ -112,6 +112,9 @@ class SocketSession:
     async def send_json(self, event: dict) -> None:
         await self._send(text=json.dumps(event))
 
+    async def send_text(self, text: str) -> None:
+        await self._send(text=text)
+
     async def send_bytes(self, data: bytes) -> None:
         await self._send(data=data)
 

@@ -1,8 +1,8 @@
 """The OpenAI Realtime wire protocol: typed client events in, typed server events out, one serializer.
 
 Inside the session everything is typed: client JSON is parsed and validated into the dataclasses below
-(`parse_client_event`), and the session emits `ServerEvent`s named with GA event names. `Serializer` writes a
-server event in the connection's dialect — GA, or beta (`OpenAI-Beta: realtime=v1`): event names
+(`parse_client_event`), and the session emits the typed events of `realtime.events`, named with GA event
+names. `Serializer` (and `json_sink` around it) writes a server event in the connection's dialect — GA, or beta (`OpenAI-Beta: realtime=v1`): event names
 (`response.output_audio.delta` → `response.audio.delta`, …), item content types (`output_audio` → `audio`),
 the session object and the response object each have a beta shape. Client events are accepted in either
 shape on every connection.
@@ -15,10 +15,12 @@ import binascii
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from realtime.config import SessionConfig, session_to_beta, session_to_ga
+from realtime.events import ErrorEvent, ResponseInfo, ServerEvent
 from realtime.items import Item, item_to_wire
 
 MAX_APPEND_BYTES = 15 * 1024 * 1024  # decoded audio per input_audio_buffer.append (OpenAI's limit)
@@ -236,69 +238,7 @@ def decode_item_audio(value: object, event_id: str | None) -> bytes:
     return _decode_audio_b64(value, event_id, "item.content.audio")
 
 
-# ---- server events --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ServerEvent:
-    """One server event with its GA name. `data` may hold an `Item`, a `SessionConfig` (key `session`, with
-    `session_id`) or a `ResponseInfo` (key `response`); the serializer renders them for the dialect.
-    `response_id` routes the event to its response's lane in the outbox; `audio_end_ms` marks audio deltas."""
-
-    type: str
-    data: dict = field(default_factory=dict)
-    response_id: str | None = None
-    audio_end_ms: float | None = None
-
-    @property
-    def is_audio(self) -> bool:
-        return self.type == "response.output_audio.delta"
-
-
-@dataclass
-class ResponseInfo:
-    """The `response` object of `response.created` / `response.done`."""
-
-    id: str
-    audio_out: bool
-    output_format_ga: dict
-    output_format_beta: str
-    voice: str
-    max_output_tokens: int | str
-    temperature: float
-    conversation: str = "auto"
-    metadata: dict | None = None
-    status: str = "in_progress"
-    reason: str | None = None
-    error: dict | None = None
-    output: list[Item] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def to_wire(self, ga: bool) -> dict:
-        details = None
-        if self.status != "in_progress" and self.status != "completed":
-            details = {"type": self.status, "reason": self.reason}
-            if self.error:
-                details["error"] = self.error
-        usage = None
-        if self.status != "in_progress":
-            usage = {"total_tokens": self.input_tokens + self.output_tokens, "input_tokens": self.input_tokens,
-                     "output_tokens": self.output_tokens,
-                     "input_token_details": {"text_tokens": self.input_tokens, "audio_tokens": 0, "cached_tokens": 0},
-                     "output_token_details": {"text_tokens": self.output_tokens, "audio_tokens": 0}}
-        out: dict = {"id": self.id, "object": "realtime.response", "status": self.status,
-                     "status_details": details, "output": [item_to_wire(i, ga) for i in self.output],
-                     "usage": usage, "metadata": self.metadata,
-                     "conversation_id": "conv_default" if self.conversation == "auto" else None,
-                     "max_output_tokens": self.max_output_tokens}
-        if ga:
-            out["output_modalities"] = ["audio"] if self.audio_out else ["text"]
-            out["audio"] = {"output": {"format": self.output_format_ga, "voice": self.voice}}
-        else:
-            out.update(modalities=["text", "audio"] if self.audio_out else ["text"], voice=self.voice,
-                       output_audio_format=self.output_format_beta, temperature=self.temperature)
-        return out
-
-
+# ---- server events: the Realtime JSON wire ------------------------------------------------------------
 # GA → beta event names; GA events mapped to None have no beta equivalent and are not sent to beta clients.
 _BETA_NAMES: dict[str, str | None] = {
     "conversation.item.added": "conversation.item.created",
@@ -313,7 +253,8 @@ _BETA_NAMES: dict[str, str | None] = {
 
 
 class Serializer:
-    """Typed server events → JSON-ready dicts in one dialect, with fresh `event_id`s."""
+    """Typed server events → JSON-ready dicts in one dialect, with fresh `event_id`s: the Realtime JSON wire
+    (the WebSocket, and the WebRTC `oai-events` channel). Audio bytes become base64 here and only here."""
 
     def __init__(self, dialect: Dialect, session_id: str):
         self.dialect, self.session_id = dialect, session_id
@@ -335,11 +276,27 @@ class Serializer:
                 out[key] = value.to_wire(self.ga)
             elif isinstance(value, SessionConfig):
                 out[key] = (session_to_ga if self.ga else session_to_beta)(value, self.session_id)
+            elif isinstance(value, bytes):
+                out[key] = base64.b64encode(value).decode()
             else:
                 out[key] = value
         return out
 
 
-def error_event(exc: ProtocolError) -> ServerEvent:
-    return ServerEvent("error", {"error": {"type": exc.type, "code": exc.code, "message": exc.message,
-                                           "param": exc.param, "event_id": exc.event_id}})
+def json_sink(send: Callable[[dict], Awaitable[None]], dialect: Dialect,
+              session_id: str) -> Callable[[ServerEvent], Awaitable[None]]:
+    """A session's event sink for a Realtime JSON client: each event serialized in `dialect`, then `send`
+    (events without an equivalent in the dialect are not sent)."""
+    serialize = Serializer(dialect, session_id)
+
+    async def sink(event: ServerEvent) -> None:
+        wire = serialize(event)
+        if wire is not None:
+            await send(wire)
+
+    return sink
+
+
+def error_event(exc: ProtocolError) -> ErrorEvent:
+    return ErrorEvent({"type": exc.type, "code": exc.code, "message": exc.message, "param": exc.param,
+                       "event_id": exc.event_id})

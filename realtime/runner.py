@@ -22,15 +22,14 @@ from typing import Protocol
 import numpy as np
 
 from realtime.engine_provider import pipeline_kind
+from realtime.events import ServerEvent
 from realtime.outbox import MAX_QUEUED_EVENTS, Outbox
 from realtime.pipeline import PipelineOptions, ResponseRun
 from realtime.protocol import (
     MAX_APPEND_BYTES,
     AudioAppend,
-    Dialect,
+    ClientEvent,
     ProtocolError,
-    Serializer,
-    ServerEvent,
     error_event,
     parse_client_event,
 )
@@ -81,12 +80,13 @@ class SpeechModels(Protocol):
 class SessionRunner:
     def __init__(self, session: RealtimeSession, models: SpeechModels,
                  engine: ChatEngine | Callable[[], Awaitable[ChatEngine | None]] | None,
-                 send: Callable[[dict], Awaitable[None]], dialect: Dialect = Dialect.GA,
+                 send: Callable[[ServerEvent], Awaitable[None]],
                  on_turn_latency: Callable[[float, str], None] | None = None,
                  options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter,
                  *, max_append_bytes: int = MAX_APPEND_BYTES, max_queued_events: int = MAX_QUEUED_EVENTS,
                  on_backlog: Callable[[int], None] | None = None):
-        """`max_append_bytes` caps one append's decoded audio; `on_backlog(n)` is called once if more
+        """`send` takes the session's typed events in order (the edge's serializer: `realtime.host`).
+        `max_append_bytes` caps one append's decoded audio; `on_backlog(n)` is called once if more
         than `max_queued_events` events wait for the client (it is not reading: the edge drops it)."""
         self.session, self.models = session, models
         self.max_append_bytes = max_append_bytes
@@ -95,7 +95,6 @@ class SessionRunner:
         self._engine_loader = engine if callable(engine) and not isinstance(engine, ChatEngine) else None
         self._engine = None if self._engine_loader is not None else engine
         self._engine_future: asyncio.Future | None = None
-        self.serializer = Serializer(dialect, session.id)
         self.options, self.clock = options or PipelineOptions(), clock
         self._send, self._on_turn_latency = send, on_turn_latency
         self.outbox = Outbox(self._write, self._sent, max_queued=max_queued_events, on_overflow=on_backlog)
@@ -146,10 +145,12 @@ class SessionRunner:
             self.unified.close()
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait until every queued event has been written (used before a graceful close)."""
-        deadline = time.monotonic() + timeout
-        while (self.outbox._urgent or self.outbox._stream) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        """Wait until every queued event has been written, the writer's send in progress included (used
+        before a graceful close: cancelling the writer mid-send would lose the event it was sending)."""
+        try:
+            await asyncio.wait_for(self.outbox.flushed(), timeout)
+        except TimeoutError:
+            log.info("[%s] %d events still unsent after %.1f s", self.session.id, self.outbox.queued, timeout)
 
     def _spawn(self, coro, what: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=f"rt:{self.session.id}:{what}")
@@ -174,6 +175,10 @@ class SessionRunner:
         except ProtocolError as exc:
             self.execute([Send(error_event(exc))])
             return
+        await self.handle_event(event)
+
+    async def handle_event(self, event: ClientEvent) -> None:
+        """One typed client event, from any edge (`handle_text`'s guard: a failure becomes an `error`)."""
         try:
             await self._handle(event)
         except Exception:  # a bug must cost this one event, not the session (tests/fuzz hunts for them)
@@ -316,9 +321,7 @@ class SessionRunner:
 
     # ---- output --------------------------------------------------------------------------------------
     async def _write(self, event: ServerEvent) -> None:
-        wire = self.serializer(event)
-        if wire is not None:
-            await self._send(wire)
+        await self._send(event)
 
     def _sent(self, event: ServerEvent) -> None:
         if event.is_audio and event.response_id is not None:

@@ -16,7 +16,6 @@ Tests drive this class directly with a fake VAD and scripted model output; no ev
 
 from __future__ import annotations
 
-import base64
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +25,22 @@ import numpy as np
 from realtime.asr_prompt import transcription_prompt
 from realtime.audio import INTERNAL_RATE, AudioFormatError, InputDecoder, StreamResampler, decode_bytes
 from realtime.config import ConfigError, ResponseOptions, SessionConfig, apply_update, response_options
+from realtime.events import (
+    AudioDelta,
+    AudioDone,
+    InputTranscriptCompleted,
+    InputTranscriptDelta,
+    InputTranscriptFailed,
+    ItemTruncated,
+    ProtocolEvent,
+    ResponseCreated,
+    ResponseDone,
+    ResponseInfo,
+    ServerEvent,
+    TextDelta,
+)
+from realtime.events import SpeechStarted as SpeechStartedEvent  # (turns' SpeechStarted is the detector's)
+from realtime.events import SpeechStopped as SpeechStoppedEvent
 from realtime.items import (
     MAX_CONVERSATION_BYTES,
     Content,
@@ -49,8 +64,6 @@ from realtime.protocol import (
     ProtocolError,
     ResponseCancel,
     ResponseCreate,
-    ResponseInfo,
-    ServerEvent,
     SessionUpdate,
     decode_item_audio,
     error_event,
@@ -103,11 +116,11 @@ class CancelResponse:
 Command = Send | Transcribe | Speculate | StartResponse | CancelResponse
 
 
-def event(type: str, route: str | None = None, **data) -> ServerEvent:
-    """A server event whose items and response objects are snapshots taken now (they keep changing).
+def event(type: str, route: str | None = None, **data) -> ProtocolEvent:
+    """A protocol event whose items are snapshots taken now (they keep changing).
     `route` is the response whose lane the event travels in (None: session-level)."""
-    snap = {k: copy.deepcopy(v) if isinstance(v, (Item, ResponseInfo)) else v for k, v in data.items()}
-    return ServerEvent(type, snap, response_id=route)
+    snap = {k: copy.deepcopy(v) if isinstance(v, Item) else v for k, v in data.items()}
+    return ProtocolEvent(type, snap, response_id=route)
 
 
 # ---- the active response --------------------------------------------------------------------------------
@@ -261,8 +274,7 @@ class RealtimeSession:
     # ---- turns -------------------------------------------------------------------------------------
     def _speech_started(self, turn: SpeechStarted) -> list[Command]:
         self.speech_item_id = new_id("item")
-        out: list[Command] = [Send(event("input_audio_buffer.speech_started", audio_start_ms=ms(turn.start),
-                                         item_id=self.speech_item_id))]
+        out: list[Command] = [Send(SpeechStartedEvent(self.speech_item_id, ms(turn.start)))]
         td = self.config.turn_detection
         if self.active is not None and td is not None and td.interrupt_response:
             out += self._cancel("turn_detected")
@@ -288,8 +300,7 @@ class RealtimeSession:
         item_id = self.speech_item_id or new_id("item")
         self.speech_item_id = None
         end = min(turn.end + self._tail(), self.buffer.total)
-        out: list[Command] = [Send(event("input_audio_buffer.speech_stopped", audio_end_ms=ms(turn.end),
-                                         item_id=item_id))]
+        out: list[Command] = [Send(SpeechStoppedEvent(item_id, ms(turn.end)))]
         audio = self.buffer.slice(turn.start, end)
         self.buffer.drop_before(end)
         out += self._commit(item_id, audio, key=(turn.start, end))
@@ -335,10 +346,7 @@ class RealtimeSession:
             self.conversation.resized(item)
         if not emit:
             return []
-        return [Send(event("conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0,
-                           delta=text)),
-                Send(event("conversation.item.input_audio_transcription.completed", item_id=item_id,
-                           content_index=0, transcript=text, usage={"type": "duration", "seconds": round(seconds, 3)}))]
+        return [Send(InputTranscriptDelta(item_id, text)), Send(InputTranscriptCompleted(item_id, text, seconds))]
 
     def transcription_failed(self, item_id: str, message: str, emit: bool = True) -> list[Command]:
         self.pending_transcripts.discard(item_id)
@@ -347,9 +355,7 @@ class RealtimeSession:
             item.transcription_failed = True
         if not emit:
             return []
-        return [Send(event("conversation.item.input_audio_transcription.failed", item_id=item_id, content_index=0,
-                           error={"type": "transcription_error", "code": "transcription_failed",
-                                  "message": message, "param": None}))]
+        return [Send(InputTranscriptFailed(item_id, message))]
 
     # ---- items -------------------------------------------------------------------------------------
     def _item_create(self, ev: ItemCreate) -> list[Command]:
@@ -388,8 +394,7 @@ class RealtimeSession:
         except ItemError as exc:  # the cancel above has happened: its commands must still be carried out
             return out + [Send(error_event(ProtocolError(exc.message, code=exc.code, param=exc.param,
                                                          event_id=ev.event_id)))]
-        return out + [Send(event("conversation.item.truncated", item_id=ev.item_id, content_index=ev.content_index,
-                                 audio_end_ms=ev.audio_end_ms))]
+        return out + [Send(ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms))]
 
     def _item_delete(self, ev: ItemDelete) -> list[Command]:
         if self.active is not None and any(i.id == ev.item_id for i in self.active.info.output):
@@ -440,7 +445,7 @@ class RealtimeSession:
         self.active = ResponseState(info, options, context, trigger, trigger_time)
         waits = tuple(i for i in self.pending_transcripts
                       if context is None or any(c.id == i for c in context))
-        return [Send(event("response.created", info.id, response=info), urgent=False),
+        return [Send(ResponseCreated(copy.deepcopy(info)), urgent=False),
                 StartResponse(info.id, waits)]
 
     def _cancel(self, reason: str) -> list[Command]:
@@ -508,11 +513,10 @@ class RealtimeSession:
         out = self._open_message(st) if st.message is None else []
         st.text += text
         part = st.message.content[0]  # type: ignore[union-attr]
-        kind = "response.output_audio_transcript.delta" if st.options.audio_out else "response.output_text.delta"
         if not st.options.audio_out:
             part.text = st.text
-        out.append(self._lane(st, kind, item_id=st.message.id, output_index=st.output_index,  # type: ignore[union-attr]
-                              content_index=0, delta=text))
+        out.append(Send(TextDelta(st.id, st.message.id, st.output_index, text,  # type: ignore[union-attr]
+                                  spoken=st.options.audio_out), urgent=False))
         return out
 
     def response_sentence(self, response_id: str, text: str, start_ms: float, end_ms: float) -> None:
@@ -522,15 +526,14 @@ class RealtimeSession:
             st.spans.append(Span(text, start_ms, end_ms))
 
     def response_audio(self, response_id: str, data: bytes, start_ms: float, duration_ms: float) -> list[Command]:
+        """`data`: audio in the response's output format (`options.output_format`), at `start_ms` of the item."""
         st = self.live(response_id)
         if st is None or not st.options.audio_out or not data:
             return []
         out = self._open_message(st) if st.message is None else []
         st.generated_ms = start_ms + duration_ms
-        ev = ServerEvent("response.output_audio.delta",
-                         {"response_id": st.id, "item_id": st.message.id, "output_index": st.output_index,  # type: ignore[union-attr]
-                          "content_index": 0, "delta": base64.b64encode(data).decode()},
-                         response_id=st.id, audio_end_ms=st.generated_ms)
+        ev = AudioDelta(st.id, st.message.id, st.output_index, data, st.options.output_format,  # type: ignore[union-attr]
+                        st.generated_ms)
         return out + [Send(ev, urgent=False)]
 
     def audio_delta_sent(self, response_id: str, end_ms: float, now: float) -> tuple[float, str] | None:
@@ -591,7 +594,7 @@ class RealtimeSession:
                 part.transcript = heard_text(st.spans, st.sent_ms)
                 part.audio_ms = st.sent_ms
             part.spans = list(st.spans)
-            out += [send("response.output_audio.done", **common),
+            out += [Send(AudioDone(st.id, item.id, idx), urgent=urgent),
                     send("response.output_audio_transcript.done", transcript=part.transcript, **common)]
         else:
             part.text = st.text
@@ -615,7 +618,7 @@ class RealtimeSession:
         info = st.info
         info.status, info.reason, info.error = status, reason, error
         info.input_tokens, info.output_tokens = usage
-        out.append(Send(event("response.done", st.id, response=info), urgent=urgent))
+        out.append(Send(ResponseDone(copy.deepcopy(info)), urgent=urgent))
         self.active = None
         if self.pending_auto_response and status != "cancelled":
             out += self._auto_response(None)

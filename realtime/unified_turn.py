@@ -1,7 +1,7 @@
 """One spoken turn through a realtime session in-process: what `voxline pipeline` and bench/pipeline.py run.
 
-Nothing here is a second pipeline. A `RealtimeSession` and a `SessionRunner` run exactly as behind
-`/v1/realtime`; only the transport is replaced by a list that collects the serialized server events. The
+Nothing here is a second pipeline. A `RealtimeHost` runs exactly as behind `/v1/realtime`; only the
+transport is replaced by a list that collects the serialized server events. The
 "client" sends what a Realtime client sends — the audio as 24 kHz pcm16 in 40 ms
 `input_audio_buffer.append`s, `input_audio_buffer.commit`, `response.create` — and the answer is the
 concatenated `response.output_audio.delta`s.
@@ -20,9 +20,10 @@ import numpy as np
 
 from realtime.audio import INTERNAL_RATE, StreamResampler
 from realtime.config import SessionConfig
+from realtime.host import RealtimeHost
 from realtime.pipeline import PipelineOptions
+from realtime.protocol import Dialect, json_sink
 from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
 from realtime.unified_pipeline import UnifiedStack
 from realtime.unified_response import UnifiedTurnStats
 
@@ -120,8 +121,8 @@ async def run_turn(models, audio16k: np.ndarray, *, temperature: float = 0.0, le
     `lead_ms` 10 s = no pacing, so the timings are compute, not playback."""
     client = Collector()
     config = replace(SessionConfig(), turn_detection=None, temperature=temperature)
-    session = RealtimeSession(session_id, None, config)
-    runner = SessionRunner(session, models, None, client.send, options=PipelineOptions(lead_ms=lead_ms))
+    sink = json_sink(client.send, Dialect.GA, session_id)
+    runner = RealtimeHost(session_id, None, config, models, None, sink, options=PipelineOptions(lead_ms=lead_ms)).runner
     await runner.start()
     try:
         await append(runner, pcm16_wire(audio16k), realtime=realtime_input)

@@ -144,7 +144,7 @@ def test_a_response_task_cancelled_on_the_server_ends_that_response_only(live, e
         created = await a_starts_talking(a)
         asking = asyncio.create_task(b_asks(b, speech))
         await asyncio.sleep(0.5)
-        runner = live_sessions(app)[a_id]
+        runner = live_sessions(app)[a_id].runner
         await asyncio.to_thread(on_server_loop, live, lambda: runner.responses[created["response"]["id"]].cancel())
         a_done = await a.wait("response.done")
         transcript, done = await asking

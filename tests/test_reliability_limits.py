@@ -17,7 +17,8 @@ import websockets
 
 from audio_server.routes_realtime import live_sessions
 from realtime.outbox import Outbox
-from realtime.protocol import ServerEvent, parse_client_event
+from realtime.events import ProtocolEvent
+from realtime.protocol import parse_client_event
 from realtime.session import RealtimeSession, Send
 from tests.realtime.fakes import EnergyVAD
 from tests.test_reliability_support import (
@@ -246,7 +247,7 @@ def test_outbox_bound_reports_once_and_keeps_nothing_more():
 
     box = Outbox(never_sends, max_queued=8, on_overflow=reports.append)
     for i in range(20):
-        box.put(ServerEvent("response.output_text.delta", {"delta": str(i)}, response_id="r"), urgent=i % 2 == 0)
+        box.put(ProtocolEvent("response.output_text.delta", {"delta": str(i)}, response_id="r"), urgent=i % 2 == 0)
     assert reports == [8] and box.queued == 8 and box.overflowed
 
 

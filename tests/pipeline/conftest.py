@@ -13,9 +13,10 @@ import soundfile
 import torch
 
 from realtime.config import SessionConfig
+from realtime.host import RealtimeHost
 from realtime.pipeline import PipelineOptions
+from realtime.protocol import Dialect, json_sink
 from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
 from realtime.unified_pipeline import UnifiedStack
 from realtime.unified_turn import Collector, LocalModels
 
@@ -50,8 +51,9 @@ def make_runner(models: LocalModels, *, vad: bool = False, lead_ms: int = 10_000
     if not vad:
         config = replace(config, turn_detection=None)
     client = Collector()
-    session = RealtimeSession(session_id, models.vad() if vad else None, config)
-    runner = SessionRunner(session, models, None, client.send, options=PipelineOptions(lead_ms=lead_ms))
+    host = RealtimeHost(session_id, models.vad() if vad else None, config, models, None,
+                        json_sink(client.send, Dialect.GA, session_id), options=PipelineOptions(lead_ms=lead_ms))
+    runner = host.runner
     return runner, client
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from realtime.audio import PCM16, PCMA, PCMU
 from realtime.config import ConfigError, SessionConfig, apply_update, response_options
+from realtime.events import AudioDelta, ProtocolEvent, ResponseDone, ResponseInfo
 from realtime.items import Content, Item
 from realtime.protocol import (
     MAX_APPEND_BYTES,
@@ -17,9 +18,7 @@ from realtime.protocol import (
     ItemTruncate,
     ProtocolError,
     ResponseCancel,
-    ResponseInfo,
     Serializer,
-    ServerEvent,
     SessionUpdate,
     parse_client_event,
 )
@@ -119,25 +118,26 @@ def test_response_overrides():
 def test_serializer_dialects():
     cfg = SessionConfig(input_format=PCMU)
     ga, beta = Serializer(Dialect.GA, "sess_1"), Serializer(Dialect.BETA, "sess_1")
-    s_ga = ga(ServerEvent("session.created", {"session": cfg}))["session"]
-    s_beta = beta(ServerEvent("session.created", {"session": cfg}))["session"]
+    s_ga = ga(ProtocolEvent("session.created", {"session": cfg}))["session"]
+    s_beta = beta(ProtocolEvent("session.created", {"session": cfg}))["session"]
     assert s_ga["audio"]["input"]["format"] == {"type": "audio/pcmu"} and s_ga["output_modalities"] == ["audio"]
     assert s_beta["input_audio_format"] == "g711_ulaw" and s_beta["modalities"] == ["text", "audio"]
     assert s_beta["turn_detection"]["type"] == "server_vad"
 
-    delta = ServerEvent("response.output_audio.delta", {"delta": "AA=="})
+    delta = AudioDelta("resp_1", "item_1", 0, b"\x00\x00", PCM16, 1.0)
     assert ga(delta)["type"] == "response.output_audio.delta" and beta(delta)["type"] == "response.audio.delta"
-    assert beta(ServerEvent("response.output_audio_transcript.done"))["type"] == "response.audio_transcript.done"
-    assert beta(ServerEvent("response.output_text.delta"))["type"] == "response.text.delta"
-    assert beta(ServerEvent("conversation.item.added"))["type"] == "conversation.item.created"
-    assert beta(ServerEvent("conversation.item.done")) is None  # no beta equivalent
+    assert ga(delta)["delta"] == "AAA="  # audio travels as bytes; base64 is this wire's business
+    assert beta(ProtocolEvent("response.output_audio_transcript.done"))["type"] == "response.audio_transcript.done"
+    assert beta(ProtocolEvent("response.output_text.delta"))["type"] == "response.text.delta"
+    assert beta(ProtocolEvent("conversation.item.added"))["type"] == "conversation.item.created"
+    assert beta(ProtocolEvent("conversation.item.done")) is None  # no beta equivalent
 
     item = Item("item_1", "message", role="assistant", content=[Content("audio", transcript="hi")])
-    assert ga(ServerEvent("x", {"item": item}))["item"]["content"][0]["type"] == "output_audio"
-    assert beta(ServerEvent("x", {"item": item}))["item"]["content"][0]["type"] == "audio"
+    assert ga(ProtocolEvent("x", {"item": item}))["item"]["content"][0]["type"] == "output_audio"
+    assert beta(ProtocolEvent("x", {"item": item}))["item"]["content"][0]["type"] == "audio"
     info = ResponseInfo("resp_1", True, PCM16.ga_object(), "pcm16", "joe", "inf", 0.8, status="cancelled",
                         reason="turn_detected")
-    done = ServerEvent("response.done", {"response": info})
+    done = ResponseDone(info)
     r_ga, r_beta = ga(done)["response"], beta(done)["response"]
     assert r_ga["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
     assert r_ga["output_modalities"] == ["audio"] and r_beta["modalities"] == ["text", "audio"]

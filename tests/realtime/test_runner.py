@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
+from realtime.events import ProtocolEvent, ServerEvent
+from realtime.host import RealtimeHost
 from realtime.outbox import Outbox
 from realtime.pipeline import PipelineOptions
-from realtime.protocol import ServerEvent
+from realtime.protocol import Dialect, json_sink
 from realtime.runner import SessionRunner
-from realtime.session import RealtimeSession
 from realtime.unified_turn import Collector
 from runtime.chat_api import ToolCall
 from tests.realtime.fakes import CannedASR, FakeEngine, FakeModels, Script, ToneTTS, silence, tone
@@ -33,9 +34,9 @@ class Client(Collector):
 def make(engine, *, lead_ms=10_000, models=None, options=None, **kw) -> tuple[SessionRunner, Client, FakeModels]:
     models = models or FakeModels(asr_model=CannedASR(["What is the capital of France?"]))
     client = Client()
-    session = RealtimeSession("sess_t", models.vad())
-    runner = SessionRunner(session, models, engine, client.send, options=options or PipelineOptions(lead_ms=lead_ms),
-                           **kw)
+    sink = json_sink(client.send, Dialect.GA, "sess_t")
+    runner = RealtimeHost("sess_t", models.vad(), None, models, engine, sink,
+                          options=options or PipelineOptions(lead_ms=lead_ms), **kw).runner
     return runner, client, models
 
 
@@ -240,12 +241,12 @@ def test_outbox_sends_urgent_events_before_queued_audio():
         box = Outbox(slow_send)
         writer = asyncio.create_task(box.run())
         for _ in range(20):
-            box.put(ServerEvent("response.output_audio.delta", response_id="r1"), urgent=False)
+            box.put(ProtocolEvent("response.output_audio.delta", response_id="r1"), urgent=False)
         await asyncio.sleep(0.035)
-        box.put(ServerEvent("input_audio_buffer.speech_started"), urgent=True)
+        box.put(ProtocolEvent("input_audio_buffer.speech_started"), urgent=True)
         dropped = box.drop("r1")
-        box.put(ServerEvent("response.done", response_id="r1"), urgent=True)
-        box.put(ServerEvent("response.output_audio.delta", response_id="r1"), urgent=False)  # too late: refused
+        box.put(ProtocolEvent("response.done", response_id="r1"), urgent=True)
+        box.put(ProtocolEvent("response.output_audio.delta", response_id="r1"), urgent=False)  # too late: refused
         await asyncio.sleep(0.1)
         writer.cancel()
         return sent, dropped
