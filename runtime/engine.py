@@ -24,7 +24,7 @@ import torch
 from runtime.drafter import Drafter, DraftWindow, MTPDrafter
 from runtime.model import AudioLM
 from runtime.sampling import GREEDY, Sampler, SamplingParams
-from runtime.state import DecodeState
+from runtime.state import DecodeState, KVCache
 from voxcore.verify import GreedyVerifier, RejectionVerifier
 
 
@@ -57,10 +57,12 @@ class DecodeEngine:
         self.rejection_verifier = RejectionVerifier(self.sampler)
         self.generator = torch.Generator(device=dev).manual_seed(seed)
         self.slots = [SlotInfo() for _ in range(batch)]
+        self._parked = [0] * batch   # cached positions a parked slot still holds (see park)
         # Backbone hidden states of the last extend ([1, T, D]) or step ([B, K+1, D]); a reference,
         # not a copy. Self-distillation (train_mtp) reads it instead of re-running the backbone.
         self.last_hidden: torch.Tensor | None = None
         self._offsets = torch.arange(max(2 * n_draft, n_draft + 1), device=dev)
+        self._full_kv, self._full_mtp_kv = self.state.kv, self.state.mtp_kv   # see attend_over
 
     @property
     def batch(self) -> int:
@@ -75,14 +77,53 @@ class DecodeEngine:
         return self.capacity - (self.slots[slot].length + 2 * self.n_draft + 2)
 
     # ---- session lifecycle (host side, outside the hot step) ----------------------------------------
-    def reset(self, slot: int | range, params: SamplingParams = GREEDY) -> None:
-        """Give slot ``slot`` (or a range of slots) to a new session; old cache entries become
-        unreachable because attention masks by position and the length goes back to 0."""
+    def reset(self, slot: int | range, params: SamplingParams = GREEDY, keep: int = 0) -> None:
+        """Give slot ``slot`` (or a range of slots) to a new session that keeps the first ``keep``
+        cached positions of the slot's previous one (prefix reuse: 0 = start empty).
+
+        Entries at ``keep`` and beyond become unreachable because attention masks by position and
+        the length goes back to ``keep``; the kept positions stay valid because they were computed
+        from the same tokens (:meth:`cached_tokens` says which). The slot has no pending token: the
+        next :meth:`extend` feeds the rest of the prompt (at least one token) and samples from it.
+        """
         slots = _as_range(slot)
-        self.state.lengths[slots.start:slots.stop] = 0
+        held = min(self._held(b) for b in slots)
+        if not 0 <= keep <= held:
+            raise ValueError(f"keep={keep}: slot {slot} holds only {held} cached positions")
+        self.state.lengths[slots.start:slots.stop] = keep
         for b in slots:
-            self.slots[b] = SlotInfo(params=params)
+            self.slots[b] = SlotInfo(length=keep, params=params)
+            self._parked[b] = 0
         self.sampler.set(slots, params)
+
+    def park(self, slot: int) -> None:
+        """A finished session leaves slot ``slot``: its length goes to 0 and its params to greedy, so
+        length buckets and the all-greedy fast path ignore it, while its cached positions stay there
+        for a later ``reset(slot, keep=n)``."""
+        held = self._held(slot)
+        self.reset(slot, GREEDY)
+        self._parked[slot] = held
+
+    def cached_tokens(self, slot: int) -> list[int]:
+        """The tokens whose keys and values slot ``slot`` holds (positions ``0 ..``), parked or live."""
+        return self.state.tokens[slot, :self._held(slot)].tolist()
+
+    def _held(self, slot: int) -> int:
+        return max(self.slots[slot].length, self._parked[slot])
+
+    def attend_over(self, positions: int) -> None:
+        """Let the next forwards see only the first ``positions`` cache positions of every slot.
+
+        The caches are allocated once at ``capacity``; a view cut to what the live slots need makes
+        attention cost what the conversation needs (length buckets). Writes go to the full buffers.
+        """
+        if not 1 <= positions <= self.capacity:
+            raise ValueError(f"positions={positions} must be in 1..{self.capacity}")
+        full = self._full_kv
+        self.state.kv = KVCache(full.k[:, :, :, :positions], full.v[:, :, :, :positions])
+        if self._full_mtp_kv is not None:
+            m = self._full_mtp_kv
+            self.state.mtp_kv = KVCache(m.k[:, :, :, :positions], m.v[:, :, :, :positions])
 
     def commit(self, num_new: Sequence[int]) -> None:
         """Host bookkeeping after a step, given ``num_new`` read back by the caller (its one sync)."""

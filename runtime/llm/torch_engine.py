@@ -3,6 +3,10 @@
 Requests are *batched*, not serialised: each request takes a slot of a :class:`runtime.engine.DecodeEngine`
 (continuous batching — a request joins between decode steps and leaves when done), and one background
 thread runs the loop ``admit (prefill new requests) → step every live slot → hand out tokens``. The
+parts are separate: :class:`runtime.llm.scheduler.SlotScheduler` decides admission (queue, slot choice,
+cancel), the ``DecodeEngine`` keeps the KV bookkeeping (``reset(slot, keep=n)``, ``park``, ``attend_over``)
+and :class:`runtime.llm.output_stream.OutputStream` turns tokens into text and tool calls; this class wires
+them. The
 event loop never runs a model call: :meth:`TorchChatEngine.stream` only waits on an ``asyncio.Queue``
 that the thread fills. Closing the stream (``aclose()``, leaving ``async for``, a client disconnect) sets
 the request's cancel flag; the thread frees the slot before its next step.
@@ -28,13 +32,14 @@ from typing import AsyncIterator, Callable, Sequence
 import torch
 
 from runtime.chat_api import ChatDelta, ChatRequest
-from runtime.engine import DecodeEngine, SlotInfo
+from runtime.engine import DecodeEngine
 from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
+from runtime.llm.output_stream import OutputStream
 from runtime.llm.prompt import ChatRequestError, build_prompt, check_prompt_tokens, encode_raw_prompt
 from runtime.llm.tokenizer import TextTokenizer
-from runtime.sampling import GREEDY, SamplingParams
-from runtime.state import KVCache
+from runtime.llm.scheduler import Admission, SlotScheduler
+from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +75,12 @@ class EngineOptions:
 class _Job:
     prompt: list[int]
     params: SamplingParams
-    max_tokens: int
-    parser: OutputParser
+    output: OutputStream
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
     prepare: Callable[[], None] | None = None      # runs in the thread just before prefill (VLM images)
     cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
-    generated: int = 0
-    any_call: bool = False
-    detok: object = None
     t_submit: float = field(default_factory=time.perf_counter)
 
     def send(self, item) -> None:
@@ -105,10 +106,7 @@ class TorchChatEngine:
         cap = min(options.capacity, model.config.max_seq_len)
         self.engine = DecodeEngine(model, batch=options.slots, capacity=cap, n_draft=options.n_draft,
                                    seed=options.seed)
-        self._full_kv = self.engine.state.kv
-        self._full_mtp_kv = self.engine.state.mtp_kv
-        self._cached: list[list[int]] = [[] for _ in range(options.slots)]   # KV-valid tokens per free slot
-        self._jobs: list[_Job | None] = [None] * options.slots
+        self.scheduler: SlotScheduler[_Job] = SlotScheduler(options.slots, self._reusable)
         self._queue: "queue.Queue[_Job | None]" = queue.Queue()
         self._closed = False
         self.stats = {"requests": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
@@ -153,8 +151,9 @@ class TorchChatEngine:
         except ValueError as exc:
             raise ChatRequestError(str(exc)) from None
         loop = asyncio.get_running_loop()
-        return _Job(prompt=ids, params=params, max_tokens=min(request.max_tokens, room), parser=parser,
-                    loop=loop, out=asyncio.Queue(), prepare=prepare, detok=self.tokenizer.detokenizer())
+        output = OutputStream(self.tokenizer.detokenizer(), parser, self.tokenizer.stop_ids,
+                              max_tokens=min(request.max_tokens, room))
+        return _Job(prompt=ids, params=params, output=output, loop=loop, out=asyncio.Queue(), prepare=prepare)
 
     async def _consume(self, job: _Job) -> AsyncIterator[ChatDelta]:
         if self._closed:
@@ -171,55 +170,39 @@ class TorchChatEngine:
         finally:
             job.cancelled.set()
 
-    # ---- the scheduler thread ----------------------------------------------------------------------
+    # ---- the engine thread: admit -> step -> hand out ---------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        waiting: list[_Job] = []
+        sched = self.scheduler
         while not self._closed:
-            live = [j for j in self._jobs if j is not None]
-            try:
-                # Block only when idle; otherwise just pick up whatever arrived since the last step.
-                item = self._queue.get(timeout=None if not live and not waiting else 0)
-                while item is not None:
-                    waiting.append(item)
-                    item = self._queue.get_nowait()
-                if item is None and self._closed:
-                    break
-            except queue.Empty:
-                pass
-            for j in list(waiting):
-                if j.cancelled.is_set():
-                    waiting.remove(j)
-            while waiting and None in self._jobs:
-                self._admit(waiting.pop(0))
+            if not self._collect(block=sched.idle):
+                break
+            while (admission := sched.admit()) is not None:
+                self._prefill(admission)
             try:
                 self._step()
             except Exception as exc:  # a failed step ends the requests in it, never the thread
                 log.exception("chat engine step failed")
-                for slot, j in enumerate(self._jobs):
-                    if j is not None:
-                        j.send(exc)
-                        self._release(slot, keep_cache=False)
+                for slot in sched.live():
+                    sched.running[slot].send(exc)
+                    self._release(slot, keep_cache=False)
         gone = RuntimeError("the chat engine was closed")
-        for j in waiting + [j for j in self._jobs if j is not None]:
+        for j in sched.drain():
             j.send(gone)
 
-    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot whose cached tokens share the longest prefix with ``prompt`` (and that length)."""
-        best, best_len = -1, -1
-        limit = self._reusable(prompt)
-        for slot, j in enumerate(self._jobs):
-            if j is not None:
-                continue
-            cached, n = self._cached[slot], 0
-            m = min(len(cached), limit)
-            while n < m and cached[n] == prompt[n]:
-                n += 1
-            if n > best_len:
-                best, best_len = slot, n
-        return best, best_len
+    def _collect(self, block: bool) -> bool:
+        """Move newly submitted requests to the scheduler; waits for one only when ``block`` (idle).
+        False once :meth:`close` was called."""
+        try:
+            item = self._queue.get(timeout=None if block else 0)
+            while item is not None:
+                self.scheduler.submit(item)
+                item = self._queue.get_nowait()
+            return not self._closed
+        except queue.Empty:
+            return True
 
-    def _reusable(self, prompt: list[int]) -> int:
+    def _reusable(self, prompt: Sequence[int]) -> int:
         """Prompt positions whose KV depends on the token ids alone (a VLM's image rows do not);
         the last prompt token is always fed again so that the prefill samples the first token."""
         limit = len(prompt) - 1
@@ -227,17 +210,12 @@ class TorchChatEngine:
             limit = min(limit, next((i for i, t in enumerate(prompt) if t >= self.vision.image_offset), limit))
         return max(limit, 0)
 
-    def _admit(self, job: _Job) -> None:
-        slot, reuse = self._pick_slot(job.prompt)
+    def _prefill(self, admission: Admission[_Job]) -> None:
+        job, slot, reuse = admission.job, admission.slot, admission.reuse
         job.slot = slot
-        self._jobs[slot] = job
         self.stats["requests"] += 1
         eng = self.engine
-        # Keep `reuse` cached positions: the slot behaves as if it had been extended with them.
-        eng.reset(slot, job.params)
-        eng.slots[slot] = SlotInfo(length=reuse, has_pending=False, params=job.params)
-        eng.state.lengths[slot] = reuse
-        self._cached[slot] = []
+        eng.reset(slot, job.params, keep=reuse)
         self.stats["reused_tokens"] += reuse
         self.stats["prefill_tokens"] += len(job.prompt) - reuse
         try:
@@ -256,11 +234,9 @@ class TorchChatEngine:
         self._emit(job, [first])
 
     def _step(self) -> None:
-        live = [s for s, j in enumerate(self._jobs) if j is not None]
-        for s in live:
-            if self._jobs[s].cancelled.is_set():
-                self._finish(s, "cancelled")
-        live = [s for s, j in enumerate(self._jobs) if j is not None]
+        for s in self.scheduler.cancelled():
+            self._finish(s, "cancelled")
+        live = self.scheduler.live()
         if not live:
             return
         eng = self.engine
@@ -272,64 +248,38 @@ class TorchChatEngine:
         eng.commit(num_l)
         self.stats["steps"] += 1
         for s in live:
-            self._emit(self._jobs[s], new_l[s][:num_l[s]])
+            self._emit(self.scheduler.running[s], new_l[s][:num_l[s]])
 
     def _emit(self, job: _Job, tokens: Sequence[int]) -> None:
-        """Hand ``tokens`` (just decoded for ``job``) to its parser and its stream; finish if due."""
-        stop_ids = self.tokenizer.stop_ids
-        finish = None
-        text, calls = "", []
-        for t in tokens:
-            if t in stop_ids:
-                finish = "stop"
-                break
-            job.generated += 1
-            self.stats["tokens"] += 1
-            parsed = job.parser.feed(job.detok.push([t]))
-            text += parsed.text
-            calls += parsed.calls
-            if parsed.done:
-                finish = "stop"
-                break
-            if job.generated >= job.max_tokens:
-                finish = "length"
-                break
-        if finish is not None:
-            tail = job.parser.feed(job.detok.flush())
-            end = job.parser.finish()
-            text += tail.text + end.text
-            calls += tail.calls + end.calls
-        if text:
-            job.send(ChatDelta(text=text))
-        for c in calls:
-            job.any_call = True
+        """Hand ``tokens`` (just decoded for ``job``) to its output stream and its client; finish if due."""
+        emission = job.output.push(tokens)
+        self.stats["tokens"] += emission.used
+        if emission.text:
+            job.send(ChatDelta(text=emission.text))
+        for c in emission.calls:
             job.send(ChatDelta(tool_call=c))
-        if finish is not None:
-            self._finish(job.slot, "tool_calls" if job.any_call else finish)
+        if emission.finish is not None:
+            self._finish(job.slot, emission.finish)
 
     def _finish(self, slot: int, reason: str) -> None:
-        job = self._jobs[slot]
-        job.send(ChatDelta(finish_reason=reason, prompt_tokens=len(job.prompt), completion_tokens=job.generated))
+        job = self.scheduler.running[slot]
+        job.send(ChatDelta(finish_reason=reason, prompt_tokens=len(job.prompt),
+                           completion_tokens=job.output.generated))
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: int, keep_cache: bool) -> None:
         eng = self.engine
-        n = eng.slots[slot].length
-        self._cached[slot] = eng.state.tokens[slot, :n].tolist() if keep_cache else []
-        # Park the slot at length 0 (bucket views never need its old positions) with greedy params,
-        # so a finished sampling request does not keep the whole batch on the sampling path.
-        eng.reset(slot, GREEDY)
-        self._jobs[slot] = None
+        if keep_cache:
+            # Parked at length 0 with greedy params (bucket views never need its old positions, and a
+            # finished sampling request does not keep the batch on the sampling path); the cache stays.
+            eng.park(slot)
+            self.scheduler.release(slot, eng.cached_tokens(slot))
+        else:
+            eng.reset(slot)
+            self.scheduler.release(slot, [])
 
     def _set_bucket(self, extra: int = 0) -> None:
-        """Point the engine's caches at views just long enough for every live slot (see module doc)."""
-        eng = self.engine
-        need = max([eng.slots[s].length + 2 * self.options.n_draft + 2
-                    for s, j in enumerate(self._jobs) if j is not None] + [extra + 2 * self.options.n_draft + 2])
-        size = min(eng.capacity, -(-need // BUCKET) * BUCKET)
-        full = self._full_kv
-        eng.state.kv = KVCache(full.k[:, :, :, :size], full.v[:, :, :, :size])
-        if self._full_mtp_kv is not None:
-            m = self._full_mtp_kv
-            eng.state.mtp_kv = KVCache(m.k[:, :, :, :size], m.v[:, :, :, :size])
-
+        """Let the engine attend over just enough positions for every live slot (see module doc)."""
+        eng, k = self.engine, self.options.n_draft
+        need = max([eng.slots[s].length + 2 * k + 2 for s in self.scheduler.live()] + [extra + 2 * k + 2])
+        eng.attend_over(min(eng.capacity, -(-need // BUCKET) * BUCKET))
