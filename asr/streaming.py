@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
+from asr.sample_buffer import SampleBuffer
 from asr.vad import FRAME_SECONDS, SAMPLE_RATE, SileroVAD, SpeechSegmenter, VADConfig
 from asr.whisper_asr import WhisperASR
 
@@ -53,10 +54,8 @@ class StreamingTranscriber:
         self.asr, self.config, self.executor, self.emit = asr, config, executor, emit
         self.vad = vad.stream()
         self.segmenter = SpeechSegmenter(config.vad)
-        # Samples from self._audio_t0 up to now live in _buf[:_len]. The buffer grows by doubling, so a
-        # 20 ms frame costs a 20 ms copy, not a copy of the whole (up to 30 s) segment.
-        self._buf = np.zeros(16000, np.float32)
-        self._len = 0
+        # Samples from self._audio_t0 up to now (a 20 ms frame costs a 20 ms copy, not the whole segment).
+        self._audio = SampleBuffer(SAMPLE_RATE)
         self._audio_t0 = 0.0
         self._seg_start: float | None = None
         self._segment_id = 0
@@ -107,27 +106,20 @@ class StreamingTranscriber:
 
     # ---- internals ---------------------------------------------------------------------------------
     def _append(self, audio: np.ndarray) -> None:
-        need = self._len + len(audio)
-        if need > len(self._buf):
-            grown = np.zeros(max(need, 2 * len(self._buf)), np.float32)
-            grown[: self._len] = self._buf[: self._len]
-            self._buf = grown
-        self._buf[self._len : need] = audio
-        self._len = need
+        self._audio.append(audio)
 
     def _slice(self, start: float, end: float) -> np.ndarray:
         """A copy: decodes run in other threads while this buffer keeps changing."""
         a = int(round((start - self._audio_t0) * SAMPLE_RATE))
         b = int(round((end - self._audio_t0) * SAMPLE_RATE))
-        return self._buf[max(0, a) : min(max(0, b), self._len)].copy()
+        return self._audio.view(a, b).copy()
 
     def _trim(self) -> None:
         """Outside speech keep only what prefix padding may reach back to."""
         keep = int((self.config.vad.prefix_padding_ms / 1000 + 4 * FRAME_SECONDS) * SAMPLE_RATE)
-        if self._len > 2 * keep:
-            drop = self._len - keep
-            self._buf[:keep] = self._buf[drop : self._len]
-            self._len = keep
+        if len(self._audio) > 2 * keep:
+            drop = len(self._audio) - keep
+            self._audio.drop(drop)
             self._audio_t0 += drop / SAMPLE_RATE
 
     def _run(self, fn, *args) -> asyncio.Future:

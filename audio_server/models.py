@@ -37,6 +37,23 @@ class ModelHub:
         self._vad = None
         self._unified = None
 
+    # ---- what realtime sessions read (realtime.hub.RealtimeModels) ----------------------------------------
+    @property
+    def pipeline(self):
+        return self.settings.pipeline
+
+    @property
+    def asr_threads(self) -> int:
+        return self.settings.asr_threads
+
+    @property
+    def asr_beam_size(self) -> int:
+        return self.settings.asr_beam_size
+
+    @property
+    def tts_executor(self):
+        return None  # realtime sentences use the realtime TTS pool, not the shared model pool
+
     def asr(self, name: str | None = None):
         from asr.whisper_asr import WhisperASR
 

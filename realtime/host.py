@@ -25,7 +25,8 @@ from realtime.items import MAX_CONVERSATION_BYTES
 from realtime.outbox import MAX_QUEUED_EVENTS
 from realtime.pipeline import PipelineOptions
 from realtime.protocol import MAX_APPEND_BYTES, AudioAppend, ClientEvent, ProtocolError
-from realtime.runner import SessionRunner, SpeechModels
+from realtime.hub import RealtimeModels
+from realtime.runner import SessionRunner
 from realtime.session import RealtimeSession
 from runtime.chat_api import ChatEngine
 
@@ -48,7 +49,7 @@ class RealtimeHost:
     `on_backlog(n)` is called once when `n` events wait for an edge that does not send them (drop the client);
     `on_turn_latency(seconds, trigger)` once per response, when its first audio has been sent."""
 
-    def __init__(self, session_id: str, vad, config: SessionConfig | None, models: SpeechModels,
+    def __init__(self, session_id: str, vad, config: SessionConfig | None, models: RealtimeModels,
                  engine: EngineSource, sink: EventSink, *, limits: SessionLimits = SessionLimits(),
                  options: PipelineOptions | None = None,
                  on_turn_latency: Callable[[float, str], None] | None = None,

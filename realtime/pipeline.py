@@ -1,30 +1,29 @@
-"""One response, executed: LLM text → sentences → TTS → paced audio deltas.
+"""One cascade response, executed: LLM text → sentences → TTS → typed outputs.
 
 The LLM stream (`ChatEngine.stream`) and speech synthesis run concurrently: each complete sentence (the
 first may be a shorter clause) goes to Piper while the model keeps writing, so audio starts long before
-the text is complete. Audio leaves at playback speed plus a small lead (`lead_ms`): a client never holds
-more than that much unplayed audio, so a barge-in really stops the voice, and the response stays
-`in_progress` for as long as it is being heard.
+the text is complete. The response yields `TextDelta`s as the model writes and an `AudioChunk` per
+synthesised sentence; the runner paces the audio to the listener (`realtime.playout`), and this generator
+waits at each chunk until it has been played. Synthesis runs at most `SYNTHESIS_AHEAD` sentences ahead of
+what is playing, so a barge-in wastes no more than that.
 
-Cancellation is task cancellation: the LLM stream is closed in `finally` (the engine stops within one
-decode step), no further sentence is synthesised, and the session — which decided the cancel — has
-already sent `response.done`. Nothing here sends events directly: every output goes through the session,
-which turns it into commands for the runner.
+Cancellation closes the generator: the LLM stream is closed in `finally` (the engine stops within one
+decode step) and no further sentence is synthesised. Nothing here touches the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.audio import OutputEncoder
-from realtime.session import Command, RealtimeSession
-from runtime.chat_api import ChatEngine, ToolCall
+from realtime.backends.base import AudioChunk, Finished, ResponseOutput, TextDelta
+from realtime.hub import Synthesizer
+from runtime.chat_api import ChatEngine, ChatRequest, ToolCall
 from tts.text import SentenceChunker
 
 log = logging.getLogger(__name__)
@@ -49,119 +48,102 @@ class PipelineOptions:
             raise ValueError("delta_ms must be in [20, 1000] and lead_ms in [0, 10000]")
 
 
-class PlaybackPacer:
-    """Releases a response's audio `lead_ms` before it plays at the listener. If the listener ran dry
-    (audio due to be playing already), playback restarts from now."""
+class _TextDone:
+    """The LLM stream ended: its tool calls and finish, which go out after the last audio."""
 
-    def __init__(self, lead_ms: float):
-        self.lead_ms = lead_ms
-        self._clock: float | None = None  # loop time at which audio position 0 ms plays
-
-    async def wait(self, start_ms: float) -> None:
-        """Return when audio starting at `start_ms` is due to be sent."""
-        now = asyncio.get_running_loop().time()
-        if self._clock is None or now > self._clock + start_ms / 1000:
-            self._clock = now - start_ms / 1000
-        wait = self._clock + (start_ms - self.lead_ms) / 1000 - now
-        if wait > 0:
-            await asyncio.sleep(wait)
+    def __init__(self, finish: str | None, usage: tuple[int, int], calls: list[ToolCall]):
+        self.finish, self.usage, self.calls = finish, usage, calls
 
 
-class ResponseRun:
-    """Runs response `response_id` of `session`. `execute` carries the session's commands out;
-    `wait_transcripts` resolves once the listed user items are transcribed; `room` waits for the socket."""
+_AUDIO_DONE = object()
 
-    def __init__(self, response_id: str, wait_for: tuple[str, ...], session: RealtimeSession,
-                 engine: Callable[[], Awaitable[ChatEngine | None]], tts, executor: Executor | None,
-                 execute: Callable[[list[Command]], None],
-                 wait_transcripts: Callable[[tuple[str, ...]], Awaitable[None]],
-                 room: Callable[[], Awaitable[None]], options: PipelineOptions | None = None):
-        self.id, self.wait_for, self.session = response_id, wait_for, session
-        self.engine, self.tts, self.executor = engine, tts, executor
-        self.execute, self.wait_transcripts, self.room = execute, wait_transcripts, room
-        self.options = options or PipelineOptions()
-        self._pacer = PlaybackPacer(self.options.lead_ms)
 
-    async def run(self) -> None:
+class CascadeResponse:
+    """One response of the cascade: `outputs()` is the stream the runner consumes."""
+
+    def __init__(self, engine: ChatEngine, request: ChatRequest, tts: Synthesizer | None, executor: Executor | None,
+                 options: PipelineOptions, speed: float = 1.0, name: str = "rt"):
+        self.engine, self.request, self.tts, self.executor = engine, request, tts, executor
+        self.options, self.speed, self.name = options, speed, name
+        # What the LLM and synthesis tasks produce, in the order it goes out.
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        # Sentences in synthesis, waiting or playing: synthesis starts one only when a slot is free.
+        self._slots = asyncio.Semaphore(SYNTHESIS_AHEAD + 2)
+
+    async def outputs(self) -> AsyncIterator[ResponseOutput]:
+        tasks = [asyncio.create_task(self._write(), name=f"{self.name}:llm")]
+        if self.tts is not None:
+            tasks.append(asyncio.create_task(self._synthesize(), name=f"{self.name}:tts"))
+        pending, text_done = len(tasks), None
         try:
-            await self.wait_transcripts(self.wait_for)
-            try:
-                engine = await self.engine()
-            except Exception as exc:
-                log.exception("[%s] the chat engine could not be loaded", self.session.id)
-                engine, problem = None, f"the language model could not be loaded: {type(exc).__name__}: {exc}"
-            else:
-                problem = "no language model is configured on this server"
-            request = self.session.chat_request(self.id)
-            if request is None:
-                return  # cancelled while waiting
-            if engine is None:
-                self.execute(self.session.response_finish(self.id, "failed", error={
-                    "type": "server_error", "code": "no_llm", "message": problem}))
-                return
-            finish, usage, calls = await self._generate(engine, request)
-            for call in calls:
-                self.execute(self.session.response_tool_call(self.id, call))
-            if finish == "length":
-                self.execute(self.session.response_finish(self.id, "incomplete", reason="max_output_tokens",
-                                                          usage=usage))
-            else:
-                self.execute(self.session.response_finish(self.id, "completed", usage=usage))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("[%s] response %s failed", self.session.id, self.id)
-            self.execute(self.session.response_finish(self.id, "failed", error={
-                "type": "server_error", "code": "response_failed", "message": f"{type(exc).__name__}: {exc}"}))
+            while pending:
+                item = await self._out.get()
+                if isinstance(item, Exception):
+                    raise item  # the LLM or synthesis failed: the runner fails the response
+                if isinstance(item, _TextDone):
+                    text_done, pending = item, pending - 1
+                elif item is _AUDIO_DONE:
+                    pending -= 1
+                else:
+                    yield item
+                    if isinstance(item, AudioChunk):
+                        self._slots.release()  # played: synthesis may start another sentence
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert text_done is not None
+        for call in text_done.calls:
+            yield call
+        if text_done.finish == "length":
+            yield Finished("incomplete", reason="max_output_tokens", usage=text_done.usage)
+        else:
+            yield Finished("completed", usage=text_done.usage)
 
-    async def _generate(self, engine: ChatEngine, request) -> tuple[str | None, tuple[int, int], list[ToolCall]]:
-        st = self.session.live(self.id)
-        assert st is not None
-        speaker: asyncio.Task | None = None
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        if st.options.audio_out:
-            speaker = asyncio.create_task(self._speak(sentences, st.options), name=f"rt:{self.session.id}:tts")
+    # ---- the LLM -------------------------------------------------------------------------------------
+    async def _write(self) -> None:
+        """LLM stream → text outputs now, sentences to synthesis; then `_TextDone` (or the exception)."""
+        try:
+            self._out.put_nowait(await self._generate())
+        except Exception as exc:
+            self._out.put_nowait(exc)
+
+    async def _generate(self) -> _TextDone:
+        speaking = self.tts is not None
         chunker = SentenceChunker(min_clause_chars=self.options.first_clause_chars)
         loop = asyncio.get_running_loop()
         first_text_at: float | None = None
         spoken = False  # has a first chunk gone to TTS
         finish, usage, calls = None, (0, 0), []
-        stream = engine.stream(request)
+        stream = self.engine.stream(self.request)
         try:
-            try:
-                async for delta in stream:
-                    if delta.text:
-                        self.execute(self.session.response_text(self.id, delta.text))
-                        if speaker is not None:
-                            first_text_at = first_text_at or loop.time()
-                            ready = chunker.push(delta.text)
-                            if not ready and not spoken and \
-                                    loop.time() - first_text_at >= self.options.first_chunk_wait_ms / 1000:
-                                ready = self._early_words(chunker, delta.text[-1].isspace())
-                            for sentence in ready:
-                                sentences.put_nowait(sentence)
-                                chunker.min_clause_chars = 60
-                                spoken = True
-                    if delta.tool_call is not None:
-                        calls.append(delta.tool_call)
-                    if delta.finish_reason is not None:
-                        finish, usage = delta.finish_reason, (delta.prompt_tokens, delta.completion_tokens)
-                    if speaker is not None and speaker.done():
-                        break  # synthesis failed: stop generating, report below
-            finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if speaker is not None:
-                for sentence in chunker.flush():
-                    sentences.put_nowait(sentence)
-                sentences.put_nowait(None)
-                await speaker
+            async for delta in stream:
+                if delta.text:
+                    self._out.put_nowait(TextDelta(delta.text))
+                    if speaking:
+                        first_text_at = first_text_at or loop.time()
+                        ready = chunker.push(delta.text)
+                        if not ready and not spoken and \
+                                loop.time() - first_text_at >= self.options.first_chunk_wait_ms / 1000:
+                            ready = self._early_words(chunker, delta.text[-1].isspace())
+                        for sentence in ready:
+                            self._sentences.put_nowait(sentence)
+                            chunker.min_clause_chars = 60
+                            spoken = True
+                if delta.tool_call is not None:
+                    calls.append(delta.tool_call)
+                if delta.finish_reason is not None:
+                    finish, usage = delta.finish_reason, (delta.prompt_tokens, delta.completion_tokens)
         finally:
-            if speaker is not None and not speaker.done():
-                speaker.cancel()
-                await asyncio.gather(speaker, return_exceptions=True)
-        return finish, usage, calls
+            aclose = getattr(stream, "aclose", None)  # ChatEngine.stream is any async iterator
+            if aclose is not None:
+                await aclose()
+            if speaking:
+                for sentence in chunker.flush():
+                    self._sentences.put_nowait(sentence)
+                self._sentences.put_nowait(None)
+        return _TextDone(finish, usage, calls)
 
     def _early_words(self, chunker: SentenceChunker, last_word_complete: bool) -> list[str]:
         """The complete words buffered so far; a last word still growing stays in the chunker."""
@@ -174,53 +156,22 @@ class ResponseRun:
         return [head]
 
     # ---- speech --------------------------------------------------------------------------------------
-    def _synthesize(self, text: str, speed: float) -> np.ndarray:
-        from tts.piper_tts import SpeechOptions
-
-        return self.tts.synthesize_all(text, SpeechOptions(speed=speed))
-
-    async def _speak(self, sentences: asyncio.Queue, options) -> None:
-        fmt = options.output_format
-        encoder = OutputEncoder(fmt, self.tts.sample_rate)
-        bytes_per_ms = fmt.rate * fmt.bytes_per_sample / 1000
-        chunk = int(bytes_per_ms * self.options.delta_ms) // fmt.bytes_per_sample * fmt.bytes_per_sample
-        # Synthesis runs ahead of pacing: the next sentence is synthesised while this one plays. Were it
-        # started only once this one was sent, the listener would hold just `lead_ms` of audio while Piper
-        # works, and any sentence taking longer than that (shared cores, a long sentence) leaves the player
-        # dry. At most SYNTHESIS_AHEAD sentences wait; a barge-in wastes no more than that.
-        speech: asyncio.Queue = asyncio.Queue(maxsize=SYNTHESIS_AHEAD)
-        synthesis = asyncio.create_task(self._synthesize_ahead(sentences, speech, options.speed),
-                                        name=f"rt:{self.session.id}:synthesis")
-        position = 0.0
-        try:
-            while (item := await speech.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                sentence, pcm = item
-                data = encoder(pcm)
-                duration = len(data) / bytes_per_ms
-                self.session.response_sentence(self.id, sentence, position, position + duration)
-                for offset in range(0, len(data), chunk):
-                    piece = data[offset:offset + chunk]
-                    await self._pacer.wait(position)
-                    await self.room()
-                    self.execute(self.session.response_audio(self.id, piece, position, len(piece) / bytes_per_ms))
-                    position += len(piece) / bytes_per_ms
-        finally:
-            synthesis.cancel()
-            await asyncio.gather(synthesis, return_exceptions=True)
-        tail = encoder(np.zeros(0, np.int16), last=True)
-        if tail:
-            self.execute(self.session.response_audio(self.id, tail, position, len(tail) / bytes_per_ms))
-
-    async def _synthesize_ahead(self, sentences: asyncio.Queue, speech: asyncio.Queue, speed: float) -> None:
-        """Sentences → (sentence, PCM) in order; then None, or the exception that stopped synthesis."""
+    async def _synthesize(self) -> None:
+        """Sentences → an `AudioChunk` each, in order, while the LLM keeps writing; then the end marker."""
+        assert self.tts is not None
         loop = asyncio.get_running_loop()
         try:
-            while (sentence := await sentences.get()) is not None:
-                pcm = await loop.run_in_executor(self.executor, self._synthesize, sentence, speed)
-                await speech.put((sentence, pcm))
-        except Exception as exc:  # raised again by _speak, which fails the response
-            await speech.put(exc)
+            while (sentence := await self._sentences.get()) is not None:
+                await self._slots.acquire()
+                pcm = await loop.run_in_executor(self.executor, self._speak, sentence)
+                self._out.put_nowait(AudioChunk(pcm, self.tts.sample_rate, transcript=sentence))
+        except Exception as exc:
+            self._out.put_nowait(exc)
             return
-        await speech.put(None)
+        self._out.put_nowait(_AUDIO_DONE)
+
+    def _speak(self, text: str) -> np.ndarray:
+        from tts.piper_tts import SpeechOptions
+
+        assert self.tts is not None
+        return self.tts.synthesize_all(text, SpeechOptions(speed=self.speed))

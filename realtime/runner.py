@@ -1,30 +1,36 @@
-"""Executes one session's commands: ASR jobs, response pipelines, cancellation, and the outbox writer.
+"""Executes one session's commands: transcriptions, responses, cancellation, and the outbox writer.
 
 The runner owns every task of the session (all named `rt:<session id>:…`) and `close()` cancels and awaits
-them all, so a disconnect leaves nothing running. Transcriptions and sentence synthesis run on small pools of
-their own (sized so decodes do not oversubscribe the cores, and so a short sentence never queues behind a
-long decode); the LLM is the shared `ChatEngine`. The runner never decides anything: it asks the session.
-With `Settings.pipeline = "unified"` (`engine_provider.pipeline_kind`) the same commands run the unified
-path instead (`realtime.unified_pipeline`): turns are tokenized, not transcribed, and responses are decoded
-by the audio LLM and vocoded (`realtime.unified_response`); the runner then uses no chat engine, ASR or TTS.
+them all, so a disconnect leaves nothing running. The model work belongs to the session's response backend
+(`realtime.backends`: the cascade or the unified audio LLM, chosen once by `new_backend`); the runner never
+asks which one it holds. A response is the backend's stream of typed outputs, which the runner turns into the
+session's decisions (`response_text`, `response_audio`, …) and carries out; its audio goes out through one
+`AudioPlayout` whichever backend made it. The runner never decides anything: it asks the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
-import numpy as np
-
-from realtime.engine_provider import pipeline_kind
-from realtime.events import ServerEvent
+from realtime.audio import INTERNAL_RATE
+from realtime.backends import new_backend
+from realtime.backends.base import (
+    AudioChunk,
+    Finished,
+    Played,
+    ResponseBackend,
+    ResponseOutput,
+    ResponseRequest,
+    TextDelta,
+)
+from realtime.events import AudioDelta, ServerEvent
+from realtime.hub import RealtimeModels
 from realtime.outbox import MAX_QUEUED_EVENTS, Outbox
-from realtime.pipeline import PipelineOptions, ResponseRun
+from realtime.pipeline import PipelineOptions
+from realtime.playout import AudioPlayout
 from realtime.protocol import (
     MAX_APPEND_BYTES,
     AudioAppend,
@@ -42,90 +48,41 @@ from realtime.session import (
     StartResponse,
     Transcribe,
 )
-from runtime.chat_api import ChatEngine
+from runtime.chat_api import ChatEngine, ToolCall
 
 log = logging.getLogger(__name__)
-_MAX_SPECULATIVE = 2
 APPEND_SLICE_S = 0.5
-# Sentence synthesis is short and on the critical path; ASR decodes take seconds. Sharing one small pool
-# would queue a 0.1 s sentence behind other sessions' decodes, so realtime TTS has its own threads
-# (unless the hub offers a `tts_executor`).
-_TTS_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rt-tts")
-_ASR_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def asr_pool(threads_per_decode: int) -> ThreadPoolExecutor:
-    """Realtime transcriptions run at most cores ÷ threads-per-decode at a time. Two 2-thread Whisper decodes
-    on 2 cores both finish after ~2.3× the time of one; one after the other, the first is ready in 1×, the
-    second in 2×: a lower mean turn latency, and the same throughput."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, cores // max(1, threads_per_decode))
-    if workers not in _ASR_POOLS:
-        _ASR_POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rt-asr")
-    return _ASR_POOLS[workers]
-
-
-class SpeechModels(Protocol):
-    """What a session needs from the model hub (audio_server.models.ModelHub fits)."""
-
-    executor: object
-
-    def asr(self, name: str | None = None): ...
-
-    def tts(self): ...
-
-    def vad(self): ...
 
 
 class SessionRunner:
-    def __init__(self, session: RealtimeSession, models: SpeechModels,
+    def __init__(self, session: RealtimeSession, models: RealtimeModels,
                  engine: ChatEngine | Callable[[], Awaitable[ChatEngine | None]] | None,
                  send: Callable[[ServerEvent], Awaitable[None]],
                  on_turn_latency: Callable[[float, str], None] | None = None,
                  options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter,
                  *, max_append_bytes: int = MAX_APPEND_BYTES, max_queued_events: int = MAX_QUEUED_EVENTS,
-                 on_backlog: Callable[[int], None] | None = None):
+                 on_backlog: Callable[[int], None] | None = None, backend: ResponseBackend | None = None):
         """`send` takes the session's typed events in order (the edge's serializer: `realtime.host`).
         `max_append_bytes` caps one append's decoded audio; `on_backlog(n)` is called once if more
-        than `max_queued_events` events wait for the client (it is not reading: the edge drops it)."""
+        than `max_queued_events` events wait for the client (it is not reading: the edge drops it).
+        `backend` replaces the one `models.pipeline` picks (tests drive the runner with their own)."""
         self.session, self.models = session, models
         self.max_append_bytes = max_append_bytes
-        # `engine` is the engine itself, or an async loader (the first load can take a while: the session
-        # opens at once and its first response waits for the load).
-        self._engine_loader = engine if callable(engine) and not isinstance(engine, ChatEngine) else None
-        self._engine = None if self._engine_loader is not None else engine
-        self._engine_future: asyncio.Future | None = None
         self.options, self.clock = options or PipelineOptions(), clock
         self._send, self._on_turn_latency = send, on_turn_latency
         self.outbox = Outbox(self._write, self._sent, max_queued=max_queued_events, on_overflow=on_backlog)
         self.tasks: set[asyncio.Task] = set()
         self.responses: dict[str, asyncio.Task] = {}
         self.transcripts: dict[str, asyncio.Task] = {}  # item id → task that records its transcript
-        self.speculative: dict[tuple[int, int], asyncio.Future] = {}
         self.turn_latencies: list[float] = []
         self.closed = False
-        # The unified audio-LLM path (Settings.pipeline): its per-session state; None = the cascade.
-        self.unified = None
-        if pipeline_kind(models) == "unified":
-            from realtime.unified_pipeline import UnifiedSession
-
-            self.unified = UnifiedSession(session.id, models.unified)
+        self.backend: ResponseBackend = backend or new_backend(session.id, models, engine, self.options)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._spawn(self.outbox.run(), "writer")
-        if self.unified is not None:
-            self.unified.start()  # the unified path needs no chat engine: load its models instead
-        elif self._engine_loader is not None:
-            self._engine_future = asyncio.ensure_future(self._engine_loader())
-            self._engine_future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.backend.start()
         self.execute(self.session.start())
-
-    async def engine(self) -> ChatEngine | None:
-        """The chat engine, once loaded. Raises what the loader raised."""
-        if self._engine_future is not None:
-            return await asyncio.shield(self._engine_future)
-        return self._engine
 
     async def close(self) -> None:
         """Cancel and await every task of the session (responses, ASR waits, the writer)."""
@@ -134,15 +91,11 @@ class SessionRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for fut in (*self.transcripts.values(), *self.speculative.values()):
+        for fut in self.transcripts.values():
             fut.cancel()
-        if self._engine_future is not None and not self._engine_future.done():
-            self._engine_future.cancel()
         self.transcripts.clear()
-        self.speculative.clear()
         self.responses.clear()
-        if self.unified is not None:
-            self.unified.close()
+        self.backend.close()
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until every queued event has been written, the writer's send in progress included (used
@@ -195,16 +148,12 @@ class SessionRunner:
                 for i in range(0, len(event.audio), size):
                     piece = AudioAppend(event.event_id, event.audio[i:i + size])
                     self.execute(self.session.handle(piece, self.clock()))
-                    self._appended()
+                    self.backend.audio_appended(self.session)
                     await asyncio.sleep(0)
                 return
         self.execute(self.session.handle(event, self.clock()))
         if isinstance(event, AudioAppend):
-            self._appended()
-
-    def _appended(self) -> None:
-        if self.unified is not None:  # the unified path encodes the user's turn while it is spoken
-            self.unified.audio_appended(self.session)
+            self.backend.audio_appended(self.session)
 
     def protocol_error(self, exc: ProtocolError) -> None:
         self.execute([Send(error_event(exc))])
@@ -245,63 +194,88 @@ class SessionRunner:
                 if task is not None:
                     task.cancel()
             elif isinstance(cmd, StartResponse):
-                if self.unified is not None:
-                    from realtime.unified_response import UnifiedResponseRun
-
-                    run = UnifiedResponseRun(cmd.response_id, cmd.wait_for, self.session, self.unified, self.execute,
-                                             self._wait_transcripts, self.outbox.room, self.options)
-                else:
-                    tts_pool = getattr(self.models, "tts_executor", None) or _TTS_POOL
-                    run = ResponseRun(cmd.response_id, cmd.wait_for, self.session, self.engine, self._tts(),
-                                      tts_pool, self.execute, self._wait_transcripts, self.outbox.room, self.options)
-                task = self._spawn(run.run(), f"response:{cmd.response_id}")
+                task = self._spawn(self._respond(cmd), f"response:{cmd.response_id}")
                 self.responses[cmd.response_id] = task
                 task.add_done_callback(lambda t, rid=cmd.response_id: self._response_ended(rid, t))
             elif isinstance(cmd, Transcribe):
-                fut = self.speculative.pop(cmd.key, None) if cmd.key is not None else None
-                if self.unified is not None:  # the turn becomes audio ids, not text
-                    fut = self.unified.transcribe(cmd, self.session)
-                elif fut is None:
-                    fut = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
+                fut = self.backend.transcribe(cmd, self.session)
                 task = self._spawn(self._finish_transcript(cmd, fut), f"asr:{cmd.item_id}")
                 self.transcripts[cmd.item_id] = task
                 task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
             elif isinstance(cmd, Speculate):
-                if self.unified is not None:
-                    continue  # the unified encoder already follows the turn as it is spoken
-                # One speculative decode at a time: on 2 cores a wasted one (the speaker went on) costs as
-                # much as the real one, so a pause inside speech while one runs does not start another.
-                if any(not f.done() for f in self.speculative.values()):
-                    continue
-                self.speculative[cmd.key] = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
-                while len(self.speculative) > _MAX_SPECULATIVE:
-                    self.speculative.pop(next(iter(self.speculative)))
+                self.backend.speculate(cmd)
             else:
                 raise TypeError(f"unknown command {cmd!r}")
 
-    def _tts(self):
-        return self.models.tts()
+    # ---- responses -----------------------------------------------------------------------------------
+    async def _respond(self, cmd: StartResponse) -> None:
+        """Response `cmd.response_id`: the backend's outputs → the session's decisions → carried out."""
+        rid = cmd.response_id
+        await self._wait_transcripts(cmd.wait_for)
+        st, context = self.session.live(rid), self.session.response_context(rid)
+        chat = self.session.chat_request(rid)
+        if st is None or context is None or chat is None:
+            return  # cancelled while waiting
+        request = ResponseRequest(rid, st.options, tuple(context), chat)
+        playout = AudioPlayout(st.options.output_format, self.options.delta_ms, self.options.lead_ms,
+                               self.outbox.room)
+        stream = self.backend.respond(request)
+        try:
+            played: Played | None = None
+            while True:
+                try:
+                    output = await stream.asend(played)
+                except StopAsyncIteration:
+                    break
+                played = await self._apply(rid, output, playout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("[%s] response %s failed", self.session.id, rid)
+            self.execute(self.session.response_finish(rid, "failed", error={
+                "type": "server_error", "code": "response_failed", "message": f"{type(exc).__name__}: {exc}"}))
+        finally:
+            await stream.aclose()
 
-    def _asr(self, audio: np.ndarray, model: str, language: str | None, prompt: str | None) -> asyncio.Future:
-        name = None
-        resolve = getattr(self.models, "resolve_asr_name", None)
-        if resolve is not None:
-            try:
-                name = resolve(model)
-            except ValueError:
-                log.info("[%s] transcription model %r unknown; using the default", self.session.id, model)
+    async def _apply(self, rid: str, output: ResponseOutput, playout: AudioPlayout) -> Played | None:
+        """One output of response `rid`, carried out; an `AudioChunk` returns once it has all gone out."""
+        if isinstance(output, TextDelta):
+            self.execute(self.session.response_text(rid, output.text))
+        elif isinstance(output, AudioChunk):
+            data = playout.encode(output.pcm, output.sample_rate)
+            if output.transcript is not None:
+                start = playout.position_ms
+                self.session.response_sentence(rid, output.transcript, start, start + playout.duration_ms(data))
+            item_id = None
+            async for piece in playout.pace(data):
+                item_id = self._audio(rid, piece.data, piece.start_ms, piece.duration_ms) or item_id
+            return Played(item_id, playout.position_ms)
+        elif isinstance(output, ToolCall):
+            self._flush(rid, playout)
+            self.execute(self.session.response_tool_call(rid, output))
+        elif isinstance(output, Finished):
+            self._flush(rid, playout)
+            self.execute(self.session.response_finish(rid, output.status, reason=output.reason, error=output.error,
+                                                      usage=output.usage))
+        else:
+            raise TypeError(f"unknown response output {output!r}")
+        return None
 
-        settings = getattr(self.models, "settings", None)
-        beam = getattr(settings, "asr_beam_size", 1)
+    def _flush(self, rid: str, playout: AudioPlayout) -> None:
+        """The encoder's tail goes out before what ends the audio (a tool call, the response's end)."""
+        tail = playout.finish()
+        if tail is not None:
+            self._audio(rid, tail.data, tail.start_ms, tail.duration_ms)
 
-        def run() -> str:
-            return self.models.asr(name).transcribe_utterance(audio, language or "en", prompt, beam_size=beam)
-
-        pool = asr_pool(getattr(settings, "asr_threads", 2)) if settings is not None else self.models.executor
-        return asyncio.get_running_loop().run_in_executor(pool, run)
+    def _audio(self, rid: str, data: bytes, start_ms: float, duration_ms: float) -> str | None:
+        """Send one piece of audio; returns the assistant item it went into (None: the response takes none)."""
+        commands = self.session.response_audio(rid, data, start_ms, duration_ms)
+        self.execute(commands)
+        return next((c.event.item_id for c in commands if isinstance(c, Send) and isinstance(c.event, AudioDelta)),
+                    None)
 
     async def _finish_transcript(self, cmd: Transcribe, fut: asyncio.Future) -> None:
-        seconds = len(cmd.audio) / 16000
+        seconds = len(cmd.audio) / INTERNAL_RATE
         try:
             text = await asyncio.shield(fut)
         except asyncio.CancelledError:

@@ -68,7 +68,16 @@ from realtime.protocol import (
     decode_item_audio,
     error_event,
 )
-from realtime.turns import TAIL_MS, InputBuffer, SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, ms
+from realtime.turns import (
+    TAIL_MS,
+    VAD_FRAME_MS,
+    InputBuffer,
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    ms,
+)
 from runtime.chat_api import ChatRequest, ToolCall, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -283,7 +292,7 @@ class RealtimeSession:
     def _tail(self) -> int:
         td = self.config.turn_detection
         silence = td.effective_silence_ms if td else TAIL_MS
-        return min(TAIL_MS, silence - 32) * INTERNAL_RATE // 1000
+        return min(TAIL_MS, silence - VAD_FRAME_MS) * INTERNAL_RATE // 1000  # the tail stays inside the silence
 
     def _transcription_args(self, item_id: str | None = None) -> tuple[str, str | None, str | None]:
         """Model, language and prompt for the ASR of user item `item_id` (None: the turn still being spoken)."""
@@ -476,14 +485,22 @@ class RealtimeSession:
         st = self.active
         return st if st is not None and st.id == response_id else None
 
+    def response_context(self, response_id: str) -> list[Item] | None:
+        """What response `response_id` answers (every backend's one selection): its explicit `input` items, else
+        the conversation without the response's own output. None once the response is over."""
+        st = self.live(response_id)
+        if st is None:
+            return None
+        return st.context if st.context is not None else [i for i in self.conversation.items
+                                                          if i not in st.info.output]
+
     def chat_request(self, response_id: str) -> ChatRequest | None:
         st = self.live(response_id)
         if st is None:
             return None
         o = st.options
-        items = st.context if st.context is not None else [i for i in self.conversation.items
-                                                              if i not in st.info.output]
-        return ChatRequest(messages=self.conversation.to_messages(o.instructions, items),
+        messages = self.conversation.to_messages(o.instructions, self.response_context(response_id))
+        return ChatRequest(messages=messages,
                            tools=tuple(ToolSpec(t.name, t.description, t.parameters) for t in o.tools),
                            tool_choice=o.tool_choice, max_tokens=o.max_tokens, temperature=o.temperature)
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr.sample_buffer import SampleBuffer
 from asr.vad import FRAME, SpeechSegmenter, VADConfig
 from realtime.audio import INTERNAL_RATE
 from realtime.config import TurnDetection
 
 SPECULATIVE_MS = 160  # silence after which a transcription starts speculatively
 TAIL_MS = 150  # audio kept after the end of speech in a committed turn (soft word endings)
+VAD_FRAME_MS = FRAME * 1000 // INTERNAL_RATE  # 32: one Silero frame, the VAD's time resolution
 
 
 def ms(samples: int) -> int:
@@ -55,31 +57,34 @@ class InputBuffer:
 
     def __init__(self, max_seconds: float = 600.0):
         self.max_samples = int(max_seconds * INTERNAL_RATE)
-        self.audio = np.zeros(0, np.float32)
-        self.t0 = 0  # sample index of self.audio[0]
+        self._audio = SampleBuffer(INTERNAL_RATE)  # a 20 ms append copies 20 ms, not the whole buffer
+        self.t0 = 0  # sample index of the oldest sample held
         self.total = 0  # samples received since the session started
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)  # (end sample of an append, time)
 
+    def __len__(self) -> int:
+        return len(self._audio)
+
     @property
     def seconds(self) -> float:
-        return len(self.audio) / INTERNAL_RATE
+        return len(self._audio) / INTERNAL_RATE
 
     def append(self, audio: np.ndarray, now: float) -> None:
-        self.audio = np.concatenate([self.audio, audio]) if len(self.audio) else np.asarray(audio, np.float32)
+        self._audio.append(audio)
         self.total += len(audio)
         self._arrivals.append((self.total, now))
 
     def full(self, extra: int = 0) -> bool:
-        return len(self.audio) + extra > self.max_samples
+        return len(self._audio) + extra > self.max_samples
 
     def slice(self, start: int, end: int) -> np.ndarray:
-        a, b = max(0, start - self.t0), max(0, min(end, self.total) - self.t0)
-        return self.audio[a:b].copy()
+        """A copy of samples [start, end) of the session timeline (what is still held of them)."""
+        return self._audio.view(start - self.t0, min(end, self.total) - self.t0).copy()
 
     def drop_before(self, sample: int) -> None:
         if sample > self.t0:
-            cut = min(sample - self.t0, len(self.audio))
-            self.audio = self.audio[cut:]
+            cut = min(sample - self.t0, len(self._audio))
+            self._audio.drop(cut)
             self.t0 += cut
 
     def clear(self) -> None:

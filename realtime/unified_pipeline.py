@@ -10,7 +10,7 @@ keeps its conversation as LLM token ids:
   streams exactly). A commit the encoder did not follow (an `input_audio` item, a manual commit with
   VAD on) is encoded offline. The ids are stored by item id; the "transcript" event carries a
   labelled placeholder, because the audio never becomes text on this path.
-- **responses** (`realtime.unified_response.UnifiedResponseRun`) frame the conversation's ids with
+- **responses** (`realtime.backends.unified.UnifiedBackend`) frame the conversation's ids with
   `AudioChatFormat`, decode an answer with the shared audio LLM (MTP drafts, constrained to audio ids in
   group order), stream the ids into a `VocoderSession` (short first chunk) and send the audio through
   the session exactly as the cascade sends Piper's.
@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ import torch
 from asr.vad import FRAME
 from realtime.audio import INTERNAL_RATE, StreamResampler
 from realtime.items import Item
-from realtime.session import RealtimeSession, ResponseState, Transcribe
+from realtime.session import RealtimeSession, Transcribe
 from runtime.audio_decoding import AudioChatFormat, AudioOnlyDrafter, AudioOnlyLM, AudioPhaseConstraint
 from runtime.engine import DecodeEngine
 from runtime.model import AudioLM
@@ -44,6 +45,7 @@ from tokenizer.model import DualCodebookTokenizer, TokenizerState
 from vocoder.model import ChunkSchedule, StreamingVocoder
 
 log = logging.getLogger(__name__)
+MAX_STATS = 16  # responses whose UnifiedTurnStats a session keeps (benchmarks and tests read the latest)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ class UnifiedSession:
         self.decode_pool = ThreadPoolExecutor(1, thread_name_prefix=f"rt-lm-{session_id[-6:]}")
         self.turns: dict[str, list[int]] = {}  # user item id → its audio ids
         self.replies: dict[str, list[int]] = {}  # assistant item id → the audio ids generated for it
-        self.stats: dict = {}  # response id → UnifiedTurnStats
+        # response id → UnifiedTurnStats of the last MAX_STATS responses (a long session must not grow it)
+        self.stats: OrderedDict[str, object] = OrderedDict()
         self.incremental_turns = self.offline_turns = 0
         self.responses = 0
         self.closed = False
@@ -266,16 +269,22 @@ class UnifiedSession:
         self.responses += 1
         return stack.options.seed + self.responses - 1
 
-    def prompt(self, st: ResponseState, session: RealtimeSession, stack: UnifiedStack, max_new: int) -> list[int]:
-        """The LLM prompt for response `st`: the context's audio turns framed by the chat format, oldest
-        turns dropped first to leave room for `max_new` answer ids, then the assistant marker."""
-        fmt = stack.fmt
-        present = {i.id for i in session.conversation.items}
-        for store in (self.turns, self.replies):  # forget the ids of deleted (or dropped) items
+    def record(self, response_id: str, stats) -> None:
+        """Keep response `response_id`'s stats, forgetting the oldest beyond MAX_STATS."""
+        self.stats[response_id] = stats
+        while len(self.stats) > MAX_STATS:
+            self.stats.popitem(last=False)
+
+    def forget(self, present: set[str]) -> None:
+        """Drop the ids of items no longer in the conversation (deleted, or dropped as the oldest)."""
+        for store in (self.turns, self.replies):
             for gone in [i for i in store if i not in present]:
                 del store[gone]
-        items = st.context if st.context is not None else [i for i in session.conversation.items
-                                                              if i not in st.info.output]
+
+    def prompt(self, items: Sequence[Item], stack: UnifiedStack, max_new: int) -> list[int]:
+        """The LLM prompt for a response answering `items`: their audio turns framed by the chat format, oldest
+        turns dropped first to leave room for `max_new` answer ids, then the assistant marker. Reads only."""
+        fmt = stack.fmt
         segments = [seg for seg in (self._segment(item, fmt) for item in items) if seg]
         budget = stack.options.capacity - max_new - 2 * stack.options.n_draft - 3  # - assistant marker
         kept: list[list[int]] = []

@@ -3,8 +3,8 @@
 The decode thread runs `runtime.generate.generate` over the session's batch-1 engine; every step's ids
 go straight into the response's `VocoderSession` (first chunk after one 120 ms group, then every four),
 and each chunk of 16 kHz audio crosses to the event loop through an `_AudioChannel`. The loop side is
-the cascade's output path: the session's `OutputEncoder` format, `delta_ms` pieces paced `lead_ms` ahead
-of playback, `session.response_audio` → runner → outbox → the transport's serializer.
+`realtime.backends.unified.UnifiedBackend.respond`, which yields each chunk as an `AudioChunk` to the runner's
+shared playout (the cascade's output path).
 
 Back-pressure: decoding stops `lead_ms + ahead_ms` of audio ahead of what has been sent, so a barge-in
 never finds seconds of speech computed for nothing. Cancellation (barge-in, `response.cancel`, a closed
@@ -15,24 +15,16 @@ step, and waits for that thread to leave — generation and vocoding end within 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.audio import OutputEncoder
-from realtime.pipeline import PipelineOptions, PlaybackPacer
-from realtime.session import Command, RealtimeSession
 from realtime.unified_pipeline import UnifiedSession, UnifiedStack
 from runtime.generate import generate
 from runtime.sampling import SamplingParams
-from voxcore.interleave import GROUP_SIZE
 from vocoder.model import VocoderSession
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,109 +164,3 @@ def decode_answer(unified: UnifiedSession, stack: UnifiedStack, prompt: list[int
         stats.vocoder_s = voc_s
         stats.llm_s = time.perf_counter() - t0 - waited - voc_s
         channel.close()
-
-
-class UnifiedResponseRun:
-    """Runs response `response_id` of `session` on the unified path (the counterpart of `ResponseRun`)."""
-
-    def __init__(self, response_id: str, wait_for: tuple[str, ...], session: RealtimeSession,
-                 unified: UnifiedSession, execute: Callable[[list[Command]], None],
-                 wait_transcripts: Callable[[tuple[str, ...]], Awaitable[None]],
-                 room: Callable[[], Awaitable[None]], options: PipelineOptions | None = None):
-        self.id, self.wait_for, self.session, self.unified = response_id, wait_for, session, unified
-        self.execute, self.wait_transcripts, self.room = execute, wait_transcripts, room
-        self.options = options or PipelineOptions()
-        self.item_id: str | None = None  # the assistant message, once the first audio opened it
-        self._pacer = PlaybackPacer(self.options.lead_ms)  # as the cascade's
-
-    async def run(self) -> None:
-        try:
-            await self.wait_transcripts(self.wait_for)
-            st = self.session.live(self.id)
-            if st is None:
-                return  # cancelled while waiting
-            if not st.options.audio_out:
-                self._fail("audio_only", "the unified pipeline answers in audio only: request output "
-                                         "modalities [\"audio\"]")
-                return
-            try:
-                stack = await self.unified.stack()
-            except Exception as exc:
-                log.exception("[%s] the unified models could not be loaded", self.session.id)
-                self._fail("models_unavailable", f"the unified models could not be loaded: {type(exc).__name__}: {exc}")
-                return
-            stats, client_limited = await self._respond(stack)
-            if stats is None:
-                return
-            usage = (stats.prompt_tokens, stats.audio_tokens)
-            if stats.finish == "length" and client_limited:
-                self.execute(self.session.response_finish(self.id, "incomplete", reason="max_output_tokens",
-                                                          usage=usage))
-            else:
-                self.execute(self.session.response_finish(self.id, "completed", usage=usage))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("[%s] response %s failed", self.session.id, self.id)
-            self._fail("response_failed", f"{type(exc).__name__}: {exc}")
-
-    def _fail(self, code: str, message: str) -> None:
-        self.execute(self.session.response_finish(self.id, "failed", error={
-            "type": "server_error", "code": code, "message": message}))
-
-    async def _respond(self, stack: UnifiedStack) -> tuple[UnifiedTurnStats | None, bool]:
-        st = self.session.live(self.id)
-        if st is None:
-            return None, False
-        opts = stack.options
-        client_cap = st.options.max_tokens // GROUP_SIZE * GROUP_SIZE
-        max_new = min(opts.max_audio_tokens, client_cap)
-        prompt = self.unified.prompt(st, self.session, stack, max_new)
-        stats = UnifiedTurnStats(n_draft=opts.n_draft, sample_rate=stack.sample_rate, prompt_tokens=len(prompt))
-        self.unified.stats[self.id] = stats
-        if max_new == 0:
-            stats.finish = "length"
-            return stats, True
-        loop = asyncio.get_running_loop()
-        ahead = (self.options.lead_ms + opts.ahead_ms) * stack.sample_rate // 1000
-        channel = _AudioChannel(loop, ahead)
-        params = SamplingParams(temperature=st.options.temperature)
-        generated: list[int] = []
-        worker = loop.run_in_executor(self.unified.decode_pool, decode_answer, self.unified, stack, prompt, max_new,
-                                      params, self.unified.next_seed(stack), channel, generated, stats)
-        try:
-            await self._stream(channel, st.options.output_format, stack.sample_rate)
-            await worker  # raises what the decode thread raised
-        finally:
-            channel.stop()
-            if not worker.done():
-                await asyncio.wait([worker])
-            if self.item_id is not None:
-                self.unified.replies[self.item_id] = list(generated)
-        return stats, client_cap < opts.max_audio_tokens
-
-    async def _stream(self, channel: _AudioChannel, fmt, rate: int) -> None:
-        encoder = OutputEncoder(fmt, rate)
-        bytes_per_ms = fmt.rate * fmt.bytes_per_sample / 1000
-        chunk = int(bytes_per_ms * self.options.delta_ms) // fmt.bytes_per_sample * fmt.bytes_per_sample
-        position = 0.0
-        while (pcm := await channel.queue.get()) is not None:
-            data = encoder(pcm)
-            for offset in range(0, len(data), chunk):
-                piece = data[offset:offset + chunk]
-                await self._pacer.wait(position)
-                await self.room()
-                position = self._send(piece, position, bytes_per_ms)
-            channel.sent(len(pcm))
-        tail = encoder(np.zeros(0, np.int16), last=True)
-        if tail:
-            self._send(tail, position, bytes_per_ms)
-
-    def _send(self, piece: bytes, position: float, bytes_per_ms: float) -> float:
-        duration = len(piece) / bytes_per_ms
-        self.execute(self.session.response_audio(self.id, piece, position, duration))
-        if self.item_id is None:
-            st = self.session.live(self.id)
-            if st is not None and st.message is not None:
-                self.item_id = st.message.id
-        return position + duration

@@ -14,7 +14,6 @@ import base64
 import json
 import time
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -31,12 +30,11 @@ WIRE_RATE = 24000  # pcm16, the Realtime default format
 
 
 class LocalModels:
-    """What a session on the unified path needs from a model hub, around one `UnifiedStack`."""
+    """A hub for sessions on the unified path (`realtime.hub.UnifiedModels`), around one `UnifiedStack`."""
 
-    executor = None
+    pipeline = "unified"
 
     def __init__(self, stack: UnifiedStack, vad=None):
-        self.settings = SimpleNamespace(pipeline="unified")
         self.stack, self._vad = stack, vad
 
     def unified(self) -> UnifiedStack:
@@ -135,7 +133,7 @@ async def run_turn(models, audio16k: np.ndarray, *, temperature: float = 0.0, le
         firsts = [t for e, t in after if e["type"] in ("response.output_audio.delta", "response.audio.delta")]
         encoded = [t for e, t in after if e["type"].startswith("conversation.item.input_audio_transcription.")]
         t_done = client.times[client.events.index(done)]
-        stats = runner.unified.stats[done["response"]["id"]]
+        stats = runner.backend.unified.stats[done["response"]["id"]]
         return TurnResult(client.audio(mark), done, firsts[0] - t_commit if firsts else None, t_done - t_commit,
                           encoded[0] - t_commit if encoded else None, stats, list(client.events))
     finally:

@@ -165,6 +165,7 @@ class VocoderSession:
         self.state = vocoder.init_state(1, seed)
         self._pending: list[int] = []
         self.groups_out = 0
+        self.dropped_ids = 0  # ids of an incomplete last group that `finish` could not voice
 
     def _ready(self) -> int:
         """Groups to vocode now (0: keep buffering)."""

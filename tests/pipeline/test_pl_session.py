@@ -61,8 +61,8 @@ def test_manual_turn_is_encoded_while_appended_and_equals_offline(stack):
 
     runner, client, wire = asyncio.run(scenario())
     item_id = next(e for e in client.events if e["type"] == "input_audio_buffer.committed")["item_id"]
-    assert runner.unified.incremental_turns == 1 and runner.unified.offline_turns == 0
-    assert runner.unified.turns[item_id] == stack.encode(committed_audio(wire))  # streamed == offline
+    assert runner.backend.unified.incremental_turns == 1 and runner.backend.unified.offline_turns == 0
+    assert runner.backend.unified.turns[item_id] == stack.encode(committed_audio(wire))  # streamed == offline
 
 
 def test_server_vad_turn_then_barge_in_cancels_and_the_next_turn_answers(stack):
@@ -76,8 +76,8 @@ def test_server_vad_turn_then_barge_in_cancels_and_the_next_turn_answers(stack):
 
     async def scenario():
         runner, client = make_runner(LocalModels(stack), vad=True, lead_ms=200)
-        original = runner.unified.transcribe
-        runner.unified.transcribe = lambda cmd, session: captured.append(cmd) or original(cmd, session)
+        original = runner.backend.unified.transcribe
+        runner.backend.unified.transcribe = lambda cmd, session: captured.append(cmd) or original(cmd, session)
         await runner.start()
         await append(runner, turn)
         await client.wait_for("response.output_audio.delta")
@@ -99,12 +99,12 @@ def test_server_vad_turn_then_barge_in_cancels_and_the_next_turn_answers(stack):
     first_id = first_done["response"]["id"]
     cut = client.events.index(first_done)
     assert not [e for e in client.events[cut:] if e.get("response_id") == first_id and e["type"].endswith("delta")]
-    stats = runner.unified.stats[first_id]
+    stats = runner.backend.unified.stats[first_id]
     assert stats.finish == "cancelled" and stats.audio_tokens < stack.options.max_audio_tokens
     assert second_done["response"]["status"] == "completed"
-    assert runner.unified.incremental_turns == 2 and runner.unified.offline_turns == 0
+    assert runner.backend.unified.incremental_turns == 2 and runner.backend.unified.offline_turns == 0
     for cmd in captured:
-        assert runner.unified.turns[cmd.item_id] == stack.encode(cmd.audio)
+        assert runner.backend.unified.turns[cmd.item_id] == stack.encode(cmd.audio)
     assert not runner.tasks
 
 
@@ -154,7 +154,7 @@ def test_cancel_mid_response_stops_output_and_generation(stack):
     assert done["response"]["status"] == "cancelled"
     cut = client.events.index(done)
     assert not [e for e in client.events[cut:] if e["type"] == "response.output_audio.delta"]
-    stats = runner.unified.stats[done["response"]["id"]]
+    stats = runner.backend.unified.stats[done["response"]["id"]]
     # Back-pressure holds decoding ~1.1 s of audio ahead of what was sent, so it was still running.
     assert stats.finish == "cancelled" and stats.audio_tokens < stack.options.max_audio_tokens
     sent = len(client.audio())
@@ -185,7 +185,7 @@ def test_second_turn_prompt_holds_the_first_turn_and_only_the_heard_answer(stack
         return runner, client, done
 
     runner, client, done = asyncio.run(scenario())
-    u1, u2 = (runner.unified.turns[e["item_id"]] for e in client.events if e["type"] == "input_audio_buffer.committed")
+    u1, u2 = (runner.backend.unified.turns[e["item_id"]] for e in client.events if e["type"] == "input_audio_buffer.committed")
     a1 = done[0]["response"]["usage"]["output_tokens"]
     a2 = done[1]["response"]["usage"]["output_tokens"]
     assert done[0]["response"]["usage"]["input_tokens"] == len(u1) + 2 + 1

@@ -115,6 +115,13 @@ class FakeModels:
     tts_model: ToneTTS = field(default_factory=ToneTTS)
     vad_model: EnergyVAD = field(default_factory=EnergyVAD)
     executor: object = None  # the loop's default executor
+    pipeline: str = "cascade"
+    asr_threads: int = 1
+    asr_beam_size: int = 1
+    tts_executor: object = None
+
+    def resolve_asr_name(self, requested=None):
+        return requested
 
     def asr(self, name=None):
         return self.asr_model
