@@ -68,10 +68,13 @@ def reset_warnings() -> None:
     _warned.clear()
 
 
-def use_triton(op: str, module: str, tensor: torch.Tensor, backend: str | None) -> ModuleType | None:
+def use_triton(op: str, module: str, tensor: torch.Tensor, backend: str | None,
+               warn_off_cuda: bool = True) -> ModuleType | None:
     """The Triton module to run ``op`` with, or None for the reference.
 
-    ``backend`` overrides the automatic choice (see the module docstring).
+    ``backend`` overrides the automatic choice (see the module docstring). ``warn_off_cuda=False`` is for
+    a caller whose torch path is the intended one off CUDA (the runtime's CPU decode step): automatic
+    dispatch of a non-CUDA tensor then returns None silently, without importing Triton.
     """
     if backend is None:
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
@@ -82,6 +85,8 @@ def use_triton(op: str, module: str, tensor: torch.Tensor, backend: str | None) 
     forced = backend == "triton"
     if backend == "torch":
         return None
+    if not forced and not tensor.is_cuda and not warn_off_cuda:
+        return None  # the caller's torch path is the intended one here: not even importing triton
     mod = triton_module(module)
     if mod is None:
         if forced:

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from runtime.drafter import Drafter, DraftWindow, MTPDrafter
+from runtime.kernel_step import choose_step_forward
 from runtime.model import AudioLM
 from runtime.sampling import GREEDY, Sampler, SamplingParams
 from runtime.state import DecodeState, KVCache
@@ -46,8 +47,11 @@ class DecodeEngine:
     """
 
     def __init__(self, model: AudioLM, batch: int = 1, capacity: int = 512, n_draft: int = 0,
-                 seed: int = 0, drafter: Drafter | None = None) -> None:
+                 seed: int = 0, drafter: Drafter | None = None, kernel_backend: str | None = None) -> None:
         self.model = model.eval()
+        # The step's backbone forward: the Triton kernels where their dispatcher picks them (CUDA),
+        # the model's own forward elsewhere (kernel_backend as in kernels.backend; see runtime.kernel_step).
+        self.step_forward = choose_step_forward(self.model, kernel_backend)
         self.drafter = drafter or MTPDrafter()
         self.n_draft = n_draft
         dev = next(model.parameters()).device
@@ -212,7 +216,7 @@ class DecodeEngine:
         n = st.lengths.clone()                                                # [B]
         vpos = (n[:, None] + self._offsets[:k + 1]).clamp(max=cap - 1)       # [B, K+1]
         vtok = st.tokens.gather(1, vpos)                                      # [pending, d_1..d_K]
-        h = self.model(vtok, vpos, st.kv)                                     # [B, K+1, D]
+        h = self.step_forward(vtok, vpos, st.kv)                              # [B, K+1, D]
         self.last_hidden = h
         logits = self.model.logits(h)                                         # [B, K+1, V]
         if self.sampler.all_greedy:   # host-side flag: decided per configuration, not per step
