@@ -6,17 +6,17 @@ thread runs the loop ``admit (prefill new requests) → step every live slot →
 parts are separate: :class:`runtime.llm.scheduler.SlotScheduler` decides admission (queue, slot choice,
 cancel), the ``DecodeEngine`` keeps the KV bookkeeping (``reset(slot, keep=n)``, ``park``, ``attend_over``)
 and :class:`runtime.llm.output_stream.OutputStream` turns tokens into text and tool calls; this class wires
-them. The
-event loop never runs a model call: :meth:`TorchChatEngine.stream` only waits on an ``asyncio.Queue``
-that the thread fills. Closing the stream (``aclose()``, leaving ``async for``, a client disconnect) sets
+them. The event loop never runs a model call: :meth:`TorchChatEngine.stream` only waits on an
+``asyncio.Queue`` that the thread fills. Closing the stream (``aclose()``, leaving ``async for``, a client disconnect) sets
 the request's cancel flag; the thread frees the slot before its next step.
 
 Two things are applied from outside the runtime's model, without changing it:
 
 * *Length buckets*: the KV cache is allocated once at ``capacity``, but each call sees a view cut to the
-  longest live slot rounded up to :data:`BUCKET`, so attention costs what the conversation needs.
-* *Prefix reuse*: a finished slot keeps its cache; a new request goes to the free slot that shares the
-  longest token prefix with its prompt and only the rest is prefilled (a voice conversation re-sends
+  longest live slot rounded up to :data:`BUCKET` (``DecodeEngine.attend_over``), so attention costs what
+  the conversation needs.
+* *Prefix reuse*: a finished slot keeps its cache (``DecodeEngine.park``); a new request goes to the free
+  slot that shares the longest token prefix with its prompt (the scheduler) and only the rest is prefilled (a voice conversation re-sends
   its history every turn, so this is what keeps time-to-first-token flat as the conversation grows).
 """
 from __future__ import annotations
