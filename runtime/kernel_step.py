@@ -19,6 +19,7 @@ import torch
 
 from kernels.backend import use_triton
 from kernels.decode_step import forward_cached
+from runtime.model import AudioLM
 from runtime.state import KVCache
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,14 @@ class KernelStepForward:
 def choose_step_forward(model, backend: str | None = None):
     """The callable the decode step runs its backbone with: :class:`KernelStepForward` when the kernels'
     dispatcher picks Triton for the model's tensors, else the model itself (``backend`` as in
-    :mod:`kernels.backend`: None = automatic, "triton", "torch")."""
+    :mod:`kernels.backend`: None = automatic, "triton", "torch").
+
+    Only a model whose forward *is* ``AudioLM.forward`` qualifies: a subclass or wrapper with its own
+    forward keeps it everywhere (``TinyVLM`` reads image rows for image ids; the realtime ``AudioOnlyLM``
+    records the positions its constrained ``logits`` read).
+    """
+    if type(model).forward is not AudioLM.forward:
+        return model
     probe = next(model.parameters())
     if use_triton("decode_step", "triton_attention", probe, backend, warn_off_cuda=False) is None:
         return model

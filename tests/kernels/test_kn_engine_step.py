@@ -39,6 +39,21 @@ def test_cpu_decode_step_asks_the_dispatcher_and_keeps_the_model_forward(monkeyp
     assert eng.step_forward is model
 
 
+def test_a_model_wrapper_keeps_its_own_forward():
+    """The realtime engine wraps the model (AudioOnlyLM records positions for its constrained logits):
+    even with the kernels forced, its forward must run, or its logits would read stale positions."""
+    from runtime.audio_decoding import AudioOnlyLM
+    from runtime.engine import DecodeEngine
+
+    class Everything:
+        def mask(self, logits, positions):
+            return logits
+
+    wrapped = AudioOnlyLM(_model("cpu", n_mtp=0), Everything())
+    eng = DecodeEngine(wrapped, batch=1, capacity=32, kernel_backend="triton")
+    assert eng.step_forward is wrapped
+
+
 @pytest.mark.parametrize("device,dtype", TARGETS[:2])
 @pytest.mark.parametrize("k", [0, 2])
 def test_engine_with_the_kernels_decodes_the_same_tokens(device, dtype, k):
