@@ -27,6 +27,17 @@ TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 REALTIME_ALIASES = ("gpt-realtime", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview")
 
 
+def realtime_chat_engine(app_state, model: str | None = None):
+    """The chat engine a realtime session opened with `?model=` answers with (the app passes it to the session's
+    host; `realtime/` never reads app state): `app_state.chat_engine` when set (an override: tests' doubles), else
+    the app's process-wide engine of that model (`app_state.chat_engines`, the hub's `llm`). A Realtime model name
+    that is not a chat model id selects the default LLM. Blocking (a first load takes seconds): run it off the loop."""
+    from realtime.engine_provider import llm_name
+
+    engine = getattr(app_state, "chat_engine", None)
+    return engine if engine is not None else app_state.chat_engines(llm_name(model))
+
+
 class ModelHub:
     def __init__(self, settings: Settings):
         self.settings = settings

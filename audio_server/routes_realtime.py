@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket
 
+from audio_server.models import realtime_chat_engine
 from audio_server.ws_common import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -30,7 +31,6 @@ from audio_server.ws_common import (
     registry,
 )
 from realtime.config import SessionConfig
-from realtime.engine_provider import chat_engine, pipeline_kind
 from realtime.host import EventSink, RealtimeHost, SessionLimits
 from realtime.items import new_id
 from realtime.protocol import Dialect, ProtocolError, json_sink
@@ -57,7 +57,7 @@ async def speech_models(hub):
     the cascade: the unified model speaks through its own vocoder."""
     loop = asyncio.get_running_loop()
     vad = await loop.run_in_executor(hub.executor, hub.vad)
-    if pipeline_kind(hub) != "unified":
+    if hub.pipeline != "unified":
         await loop.run_in_executor(hub.executor, hub.tts)
     return vad
 
@@ -71,7 +71,7 @@ def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
     model = config.model
 
     async def load_engine():
-        return await loop.run_in_executor(None, chat_engine, app.state, model)
+        return await loop.run_in_executor(None, realtime_chat_engine, app.state, model)
 
     def observe(latency: float, trigger: str) -> None:
         metrics.realtime_turn_latency.labels(trigger).observe(latency)

@@ -13,6 +13,6 @@ Layout (decide, then execute):
 - `runner`    — `SessionRunner`, executes commands: ASR jobs, response pipelines, cancellation, cleanup;
 - `pipeline`  — one response: LLM stream → sentences → Piper → paced audio deltas;
 - `outbox`    — outgoing events in two lanes (control never waits behind audio);
-- `engine_provider` — where a session gets the shared `ChatEngine`.
+- `engine_provider` — which chat LLM a session's `?model=` names (the engine comes through the host).
 The edges are `audio_server/routes_realtime.py` (WebSocket), `webrtc_peer.py` and `routes_twilio_media.py`.
 """

@@ -145,14 +145,14 @@ def test_serializer_dialects():
     assert len(ids) == 5
 
 
-def test_engine_provider_lookup_order():
+def test_realtime_engine_lookup_order():
     from types import SimpleNamespace
 
-    from realtime.engine_provider import chat_engine
+    from audio_server.models import realtime_chat_engine
 
     asked: list = []
     wired = SimpleNamespace(chat_engine=None, chat_engines=lambda name: asked.append(name) or "shared")
-    assert chat_engine(wired, "gpt-realtime") == "shared" and asked == [None]  # a Realtime model name → default LLM
-    assert chat_engine(SimpleNamespace(chat_engine="double", chat_engines=wired.chat_engines)) == "double"
-    hub_only = SimpleNamespace(hub=SimpleNamespace(llm=lambda name: f"hub:{name}"))
-    assert chat_engine(hub_only, "smollm2") == "hub:smollm2-135m-instruct"
+    assert realtime_chat_engine(wired, "gpt-realtime") == "shared" and asked == [None]  # Realtime name → default LLM
+    assert realtime_chat_engine(SimpleNamespace(chat_engine="double", chat_engines=wired.chat_engines)) == "double"
+    realtime_chat_engine(wired, "smollm2")
+    assert asked[-1] == "smollm2-135m-instruct"
