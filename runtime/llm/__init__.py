@@ -8,7 +8,7 @@ One engine per model per process, shared by every caller (HTTP routes, realtime 
 
 Models are registered lazily by name (``"module:function"`` strings): importing this package loads
 nothing heavy. Environment knobs (documented in :func:`options_from_env`): ``VOXLINE_LLM_MODEL``,
-``VOXLINE_LLM_BACKEND`` (``torch`` | ``vllm``), ``VOXLINE_LLM_SLOTS``, ``VOXLINE_LLM_CAPACITY``,
+``VOXLINE_LLM_BACKEND`` (``torch`` | ``llamacpp`` | ``vllm``), ``VOXLINE_LLM_SLOTS``, ``VOXLINE_LLM_CAPACITY``,
 ``VOXLINE_LLM_DTYPE``, ``VOXLINE_LLM_MTP`` (drafts per step; needs trained MTP weights).
 """
 from __future__ import annotations
