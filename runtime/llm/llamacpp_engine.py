@@ -30,16 +30,15 @@ import os
 import queue
 import secrets
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 from runtime.chat_api import ChatDelta, ChatRequest
 from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
-from runtime.llm.prompt import ChatRequestError, PromptTooLong, build_prompt, check_prompt_tokens, encode_raw_prompt
+from runtime.llm.queued_engine import QueuedChatEngine, QueuedJob, checked_sampling
+from runtime.llm.prompt import ChatRequestError, PromptTooLong
 from runtime.llm.tokenizer import TextTokenizer
-from runtime.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +60,17 @@ def cpu_supported(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return True
 
 
-@dataclass
-class _Job:
-    prompt: list[int]
+@dataclass(kw_only=True)
+class _Job(QueuedJob):
     body: dict                      # the llama.cpp request (sampling, limits) without the prompt
     max_tokens: int
     parser: OutputParser
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
     any_call: bool = False
     done: bool = False
 
-    def send(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:                       # the loop is gone: nobody is listening
-            self.cancelled.set()
 
-
-class LlamaCppChatEngine:
+class LlamaCppChatEngine(QueuedChatEngine):
     """:class:`runtime.chat_api.ChatEngine` over ``xllamacpp.Server`` on one GGUF file."""
 
     supports_vision = False
@@ -127,20 +116,7 @@ class LlamaCppChatEngine:
         for w in self._workers:
             w.start()
 
-    # ---- public API ------------------------------------------------------------------------------
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        """Yield text / tool-call deltas, then one delta with ``finish_reason`` and token counts."""
-        ids, parser, _ = await asyncio.to_thread(build_prompt, request, self.format, self.tokenizer, self.model_id,
-                                                 max_prompt_tokens=self.max_prompt_tokens)
-        async for delta in self._consume(self._job(ids, request, parser)):
-            yield delta
-
-    async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        """Raw completion of ``prompt`` (``/v1/completions``); messages/tools of ``request`` are ignored."""
-        ids = await asyncio.to_thread(encode_raw_prompt, prompt, self.tokenizer, self.max_prompt_tokens)
-        async for delta in self._consume(self._job(ids, request, OutputParser(stop=request.stop))):
-            yield delta
-
+    # ---- public API (stream, stream_prompt: QueuedChatEngine) ----------------------------------
     @property
     def max_prompt_tokens(self) -> int:
         """The longest prompt that leaves room for one generated token."""
@@ -159,14 +135,8 @@ class LlamaCppChatEngine:
         self.server = None          # the last reference: its destructor stops llama.cpp's threads
 
     # ---- request -> job ----------------------------------------------------------------------------
-    def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser) -> _Job:
-        check_prompt_tokens(len(ids), self.max_prompt_tokens)
-        if request.max_tokens < 1:
-            raise ChatRequestError("max_tokens must be at least 1")
-        try:
-            params = SamplingParams(temperature=float(request.temperature), top_p=float(request.top_p))
-        except ValueError as exc:
-            raise ChatRequestError(str(exc)) from None
+    def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser, prepare=None) -> _Job:
+        params = checked_sampling(ids, request, self.max_prompt_tokens)  # (`prepare` is for images: none here)
         max_tokens = min(request.max_tokens, self.capacity - 3 - len(ids))
         # Temperature then top-p, nothing else (llama.cpp's defaults add top-k 40 and min-p 0.05): the
         # same distribution the torch engine samples. Stop strings stay with our parser.
@@ -176,23 +146,7 @@ class LlamaCppChatEngine:
                 "samplers": ["temperature", "top_p"], "repeat_penalty": 1.0}
         if request.seed is not None:
             body["seed"] = int(request.seed) & 0xFFFFFFFF
-        return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, loop=asyncio.get_running_loop(),
-                    out=asyncio.Queue())
-
-    async def _consume(self, job: _Job) -> AsyncIterator[ChatDelta]:
-        if self._closed:
-            raise RuntimeError("the chat engine is closed")
-        self._queue.put(job)
-        try:
-            while True:
-                item = await job.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            job.cancelled.set()
+        return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, loop=asyncio.get_running_loop())
 
     # ---- the workers -------------------------------------------------------------------------------
     def _work(self, slot: int) -> None:

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -35,8 +35,8 @@ from runtime.chat_api import ChatDelta, ChatRequest
 from runtime.engine import DecodeEngine
 from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
+from runtime.llm.queued_engine import QueuedChatEngine, QueuedJob, checked_sampling
 from runtime.llm.output_stream import OutputStream
-from runtime.llm.prompt import ChatRequestError, build_prompt, check_prompt_tokens, encode_raw_prompt
 from runtime.llm.tokenizer import TextTokenizer
 from runtime.llm.scheduler import Admission, SlotScheduler
 from runtime.sampling import SamplingParams
@@ -71,26 +71,16 @@ class EngineOptions:
             raise ValueError("prefill_chunk must be at least 16")
 
 
-@dataclass
-class _Job:
-    prompt: list[int]
+@dataclass(kw_only=True)
+class _Job(QueuedJob):
     params: SamplingParams
     output: OutputStream
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
     prepare: Callable[[], None] | None = None      # runs in the thread just before prefill (VLM images)
-    cancelled: threading.Event = field(default_factory=threading.Event)
     slot: int = -1
     t_submit: float = field(default_factory=time.perf_counter)
 
-    def send(self, item) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:                       # the loop is gone: nobody is listening
-            self.cancelled.set()
 
-
-class TorchChatEngine:
+class TorchChatEngine(QueuedChatEngine):
     """:class:`runtime.chat_api.ChatEngine` over a :class:`runtime.model.AudioLM`-shaped decoder."""
 
     def __init__(self, model, tokenizer: TextTokenizer, fmt: ChatFormat, model_id: str,
@@ -113,23 +103,7 @@ class TorchChatEngine:
         self._thread = threading.Thread(target=self._run, name=f"llm-{model_id}", daemon=True)
         self._thread.start()
 
-    # ---- public API ------------------------------------------------------------------------------
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        """Yield text / tool-call deltas, then one delta with ``finish_reason`` and token counts.
-        The prompt is rendered, tokenized and its images decoded in a worker thread: the loop is for I/O."""
-        ids, parser, prepare = await asyncio.to_thread(build_prompt, request, self.format, self.tokenizer,
-                                                       self.model_id, self.vision,
-                                                       max_prompt_tokens=self.max_prompt_tokens)
-        async for delta in self._consume(self._job(ids, request, parser, prepare)):
-            yield delta
-
-    async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        """Raw completion of ``prompt`` (``/v1/completions``); messages/tools of ``request`` are ignored."""
-        ids = await asyncio.to_thread(encode_raw_prompt, prompt, self.tokenizer, self.max_prompt_tokens)
-        job = self._job(ids, request, OutputParser(stop=request.stop))
-        async for delta in self._consume(job):
-            yield delta
-
+    # ---- public API (stream, stream_prompt: QueuedChatEngine) ----------------------------------
     @property
     def max_prompt_tokens(self) -> int:
         """The longest prompt that leaves room for one generated token (and the drafts' verify window)."""
@@ -142,33 +116,12 @@ class TorchChatEngine:
     # ---- request -> job ----------------------------------------------------------------------------
     def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser,
              prepare: Callable[[], None] | None = None) -> _Job:
-        check_prompt_tokens(len(ids), self.max_prompt_tokens)
+        params = checked_sampling(ids, request, self.max_prompt_tokens)
         room = self.engine.capacity - 2 * self.options.n_draft - 3 - len(ids)
-        if request.max_tokens < 1:
-            raise ChatRequestError("max_tokens must be at least 1")
-        try:
-            params = SamplingParams(temperature=float(request.temperature), top_p=float(request.top_p))
-        except ValueError as exc:
-            raise ChatRequestError(str(exc)) from None
         loop = asyncio.get_running_loop()
         output = OutputStream(self.tokenizer.detokenizer(), parser, self.tokenizer.stop_ids,
                               max_tokens=min(request.max_tokens, room))
-        return _Job(prompt=ids, params=params, output=output, loop=loop, out=asyncio.Queue(), prepare=prepare)
-
-    async def _consume(self, job: _Job) -> AsyncIterator[ChatDelta]:
-        if self._closed:
-            raise RuntimeError("the chat engine is closed")
-        self._queue.put(job)
-        try:
-            while True:
-                item = await job.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            job.cancelled.set()
+        return _Job(prompt=ids, params=params, output=output, loop=loop, prepare=prepare)
 
     # ---- the engine thread: admit -> step -> hand out ---------------------------------------------
     def _run(self) -> None:
