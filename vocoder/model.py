@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vocoder.flow import FlowConfig, FlowState, TokenToMel
+from vocoder.hifigan import Generator, GeneratorConfig, WindowedGenerator, WindowState, load_hifigan_torchscript
 from voxcore.checkpoint import load_config, load_weights, save_checkpoint, seeded_init
 from voxcore.interleave import GROUP_MS, GROUP_SIZE, STEP_AUDIO_LAYOUT, AudioTokenLayout, split
 from voxcore.streaming import LeafStates, reset_slots
-from vocoder.flow import FlowConfig, FlowState, TokenToMel
-from vocoder.hifigan import Generator, GeneratorConfig, WindowedGenerator, WindowState, load_hifigan_torchscript
 
 FLOW_ARCH = "voxline.TokenToMel"
 GENERATOR_ARCH = "voxline.HiFiGANGenerator"
