@@ -20,16 +20,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, WebSocket
 
 from audio_server.models import realtime_chat_engine
-from audio_server.ws_common import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TIMEOUT_S,
-    SessionSlot,
-    SocketSession,
-    admit,
-    registry,
-)
+from audio_server.ws_common import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT_S, SocketSession, serve
 from realtime.config import SessionConfig
 from realtime.host import EventSink, RealtimeHost, SessionLimits
 from realtime.items import new_id
@@ -95,50 +86,45 @@ async def close_host(app, host: RealtimeHost) -> None:
 
 @router.websocket("/v1/realtime")
 async def realtime(ws: WebSocket) -> None:
-    app = ws.app
-    hub, metrics = app.state.hub, app.state.metrics
-    if not await admit(ws, "realtime"):
-        return
-    sock = SocketSession(ws, "realtime", metrics)
-    slot = SessionSlot(ws, "realtime", sock).acquire()  # no await since admit: the limits hold
-    host: RealtimeHost | None = None
+    offered = ws.scope.get("subprotocols") or []
+    # A failure is logged and closed with 1011 but sends no `internal_error`: Realtime errors have their own shape.
+    await serve(ws, "realtime", _converse, subprotocol="realtime" if "realtime" in offered else None,
+                error_event=False)
+
+
+async def _converse(sock: SocketSession) -> None:
+    """One accepted connection: its models and `RealtimeHost`, then client events in until it ends."""
+    ws = sock.ws
+    app, hub, metrics = ws.app, ws.app.state.hub, ws.app.state.metrics
+    dialect = dialect_of(ws)
+    model = ws.query_params.get("model") or "voxline-realtime"
     try:
-        offered = ws.scope.get("subprotocols") or []
-        await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
-        dialect = dialect_of(ws)
-        model = ws.query_params.get("model") or "voxline-realtime"
-        try:
-            vad = await speech_models(hub)
-        except Exception:
-            log.exception("[%s] models failed to load", sock.id)
-            await sock.send_json({"type": "error", "event_id": "event_load", "error": {
-                "type": "server_error", "code": "models_unavailable", "message": "speech models failed to load",
-                "param": None, "event_id": None}})
-            sock.end(CLOSE_INTERNAL, "speech models failed to load")
-            return
+        vad = await speech_models(hub)
+    except Exception:
+        log.exception("[%s] models failed to load", sock.id)
+        await sock.send_json({"type": "error", "event_id": "event_load", "error": {
+            "type": "server_error", "code": "models_unavailable", "message": "speech models failed to load",
+            "param": None, "event_id": None}})
+        sock.end(CLOSE_INTERNAL, "speech models failed to load")
+        return
 
-        async def send(wire: dict) -> None:
-            code = wire["error"].get("code") if wire["type"] == "error" else None
-            if code is not None and code != sock.end_error:  # an end reason is counted once, by end()
-                metrics.ws_errors.labels("realtime", str(code)).inc()
-            await sock.send_json(wire)
+    async def send(wire: dict) -> None:
+        code = wire["error"].get("code") if wire["type"] == "error" else None
+        if code is not None and code != sock.end_error:  # an end reason is counted once, by end()
+            metrics.ws_errors.labels("realtime", str(code)).inc()
+        await sock.send_json(wire)
 
-        def backlog(queued: int) -> None:
-            sock.end(CLOSE_POLICY, f"client too slow: {queued} events wait unread (max_queued_events)",
-                     "slow_consumer")
+    def backlog(queued: int) -> None:
+        sock.end(CLOSE_POLICY, f"client too slow: {queued} events wait unread (max_queued_events)",
+                 "slow_consumer")
 
-        session_id = new_id("sess")
-        host = open_host(app, session_id, vad, SessionConfig(model=model), json_sink(send, dialect, session_id),
-                         backlog)
-        log.info("[%s] open %s (%s, model %s)", sock.id, session_id, dialect.value, model)
+    session_id = new_id("sess")
+    host = open_host(app, session_id, vad, SessionConfig(model=model), json_sink(send, dialect, session_id),
+                     backlog)
+    log.info("[%s] open %s (%s, model %s)", sock.id, session_id, dialect.value, model)
+    try:
         await host.start()
-        while True:
-            try:
-                kind, payload = await sock.receive()
-            except RuntimeError:  # the socket is already gone
-                break
-            if kind == "close":
-                break
+        async for kind, payload in sock.messages():
             if kind == "bytes":
                 host.client_error(ProtocolError("binary frames are not part of the Realtime protocol; send "
                                                 "JSON text events (audio as base64 in input_audio_buffer.append)",
@@ -147,16 +133,8 @@ async def realtime(ws: WebSocket) -> None:
                 await host.client_event(payload)  # type: ignore[arg-type]
             await asyncio.sleep(0)  # a burst of queued messages must not starve the writer and other sessions
         await wind_down(host, sock)
-    except Exception:
-        log.exception("[%s] session failed", sock.id)
-    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
-        sock.end(CLOSE_INTERNAL, "the session was cancelled on the server")
-        raise
-    finally:
-        if host is not None:
-            await close_host(app, host)
-        await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
-        slot.release()
+    finally:  # before the socket closes
+        await close_host(app, host)
         log.info("[%s] closed%s", sock.id, f" ({sock.end_reason})" if sock.end_reason else "")
 
 
@@ -166,7 +144,7 @@ async def wind_down(host: RealtimeHost, sock: SocketSession) -> None:
     time. A slow consumer gets nothing more: it would not read it."""
     if sock.end_code == CLOSE_GOING_AWAY:
         host.shutdown()
-        await host.drain(max(0.0, registry(sock.ws.app).remaining(CLOSE_TIMEOUT_S) - 0.5))
+        await host.drain(max(0.0, sock.time_to_close() - 0.5))
     elif sock.end_error in ("idle_timeout", "session_expired"):
         host.client_error(ProtocolError(sock.end_reason, code=sock.end_error, type="invalid_request_error"))
         await host.drain(CLOSE_TIMEOUT_S)

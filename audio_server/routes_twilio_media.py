@@ -38,16 +38,7 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server import twilio_protocol as tp
 from audio_server.routes_realtime import close_host, open_host, speech_models, wind_down
-from audio_server.ws_common import (
-    CLOSE_BUSY,
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TIMEOUT_S,
-    SessionSlot,
-    SocketSession,
-    admit,
-    registry,
-)
+from audio_server.ws_common import CLOSE_BUSY, CLOSE_INTERNAL, CLOSE_POLICY, SocketSession, serve
 from audio_server.twilio_tokens import Refusal, stream_tokens, tokens_required
 from realtime.audio import PCMU
 from realtime.config import ConfigError, SessionConfig, apply_update
@@ -362,56 +353,46 @@ async def twilio_media(ws: WebSocket) -> None:
     """Twilio cannot present an API key (the Stream URL takes no query string, the handshake no custom
     headers): the handshake checks origin and limits, then the `start` frame's stream token authenticates
     the call (module docstring). The session slot is taken only then."""
-    app = ws.app
-    hub, settings = app.state.hub, app.state.settings
-    if not await admit(ws, KIND, key_required=False):  # a full or closing server refuses at once
-        return
-    sock = SocketSession(ws, KIND, app.state.metrics)
-    slot = SessionSlot(ws, KIND, sock)  # acquired (and the socket registered) once the start frame is verified
-    call: TwilioCall | None = None
+    # No `internal_error` event on a failure (Twilio cannot read one): it is logged and closed with 1011.
+    await serve(ws, KIND, _answer, key_required=False, take_slot=False)  # a full or closing server refuses at once
+
+
+async def _answer(sock: SocketSession) -> None:
+    """One accepted socket: its verified `start` (only then a slot and models), then frames until it ends."""
+    call = TwilioCall(sock.ws, sock)
     try:
-        await ws.accept()
-        call = TwilioCall(ws, sock)
-        start = await call.await_start(settings.twilio_start_timeout_s)
-        if start is None:
-            return
-        refused = registry(app).refusal(None)  # again: the server may have filled while the start came
-        if refused is not None:
-            call.problem(refused[1], refused[2])
-            sock.end(CLOSE_BUSY, refused[2])
-            return
-        slot.acquire()  # no await since the check: the limits hold
-        log.info("[%s] open", sock.id)
-        try:
-            vad = await speech_models(hub)
-        except Exception:
-            log.exception("[%s] models failed to load", sock.id)
-            sock.end(CLOSE_INTERNAL, "speech models failed to load")
-            return
-        await call.begin(start, vad)
-        while True:
-            try:
-                kind, payload = await sock.receive()
-            except RuntimeError:  # the socket is already gone
-                break
-            if kind == "close":
-                break
-            if kind == "bytes":
-                call.problem("binary_frame", "Media Streams frames are JSON text")
-                continue
-            if not await call.handle(payload):  # type: ignore[arg-type]
-                break
-        if call.host is not None:
-            await wind_down(call.host, sock)
+        await _serve(call)
+    finally:  # before the socket closes
+        await call.close()
+        log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)
+
+
+async def _serve(call: TwilioCall) -> None:
+    """The call's `start`, checked and counted, its models, then every frame until `stop` or a close."""
+    sock = call.sock
+    hub, settings = call.app.state.hub, call.app.state.settings
+    start = await call.await_start(settings.twilio_start_timeout_s)
+    if start is None:
+        return
+    refused = sock.slot.registry.refusal(None)  # again: the server may have filled while the start came
+    if refused is not None:
+        call.problem(refused[1], refused[2])
+        sock.end(CLOSE_BUSY, refused[2])
+        return
+    sock.slot.acquire()  # no await since the check: the limits hold
+    log.info("[%s] open", sock.id)
+    try:
+        vad = await speech_models(hub)
     except Exception:
-        log.exception("[%s] call failed", sock.id)
-    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
-        sock.end(CLOSE_INTERNAL, "the session was cancelled on the server")
-        raise
-    finally:
-        if call is not None:
-            await call.close()
-        await sock.close(registry(app).remaining(CLOSE_TIMEOUT_S))
-        slot.release()
-        if call is not None:
-            log.info("[%s] closed (%d frames sent, %d clears)", sock.id, call.state.frames_sent, call.state.clears)
+        log.exception("[%s] models failed to load", sock.id)
+        sock.end(CLOSE_INTERNAL, "speech models failed to load")
+        return
+    await call.begin(start, vad)
+    async for kind, payload in sock.messages():
+        if kind == "bytes":
+            call.problem("binary_frame", "Media Streams frames are JSON text")
+            continue
+        if not await call.handle(payload):  # type: ignore[arg-type]
+            break
+    if call.host is not None:
+        await wind_down(call.host, sock)

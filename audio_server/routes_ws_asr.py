@@ -18,17 +18,7 @@ from asr.streaming import StreamingConfig, StreamingTranscriber
 from asr.vad import VADConfig
 from audio_server.audio_io import StreamResampler, pcm16_to_float
 from audio_server.query_params import query_number
-from audio_server.ws_common import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TIMEOUT_S,
-    SessionSlot,
-    SocketSession,
-    admit,
-    parse_control,
-    registry,
-)
+from audio_server.ws_common import CLOSE_GOING_AWAY, CLOSE_POLICY, SocketSession, parse_control, serve
 from realtime.languages import whisper_language
 
 log = logging.getLogger(__name__)
@@ -49,43 +39,39 @@ def _config_from_query(q) -> tuple[int, str, StreamingConfig]:
 
 @router.websocket("/v1/asr/stream")
 async def asr_stream(ws: WebSocket) -> None:
-    app = ws.app
-    settings, hub, metrics = app.state.settings, app.state.hub, app.state.metrics
-    if not await admit(ws, "asr"):
-        return
-    session = SocketSession(ws, "asr", metrics)
-    slot = SessionSlot(ws, "asr", session).acquire()  # no await since admit: the limits hold
-    transcriber: StreamingTranscriber | None = None
-    received_s = 0.0
+    await serve(ws, "asr", _transcribe)
+
+
+async def _transcribe(session: SocketSession) -> None:
+    """One accepted stream: its parameters and models, then audio in and events out until it ends."""
+    state = session.ws.app.state
+    settings, hub, metrics = state.settings, state.hub, state.metrics
     try:
-        await ws.accept()
-        try:
-            rate, model, config = _config_from_query(ws.query_params)
-            model_name = hub.resolve_asr_name(model)
-        except ValueError as exc:
-            await session.error("invalid_parameters", str(exc))
-            session.end(CLOSE_POLICY, "invalid parameters")
-            return
-        loop = asyncio.get_running_loop()
-        asr = await loop.run_in_executor(hub.executor, hub.asr, model_name)
-        vad = await loop.run_in_executor(hub.executor, hub.vad)
-        ended_at: dict[int, float] = {}
+        rate, model, config = _config_from_query(session.ws.query_params)
+        model_name = hub.resolve_asr_name(model)
+    except ValueError as exc:
+        await session.error("invalid_parameters", str(exc))
+        session.end(CLOSE_POLICY, "invalid parameters")
+        return
+    loop = asyncio.get_running_loop()
+    asr = await loop.run_in_executor(hub.executor, hub.asr, model_name)
+    vad = await loop.run_in_executor(hub.executor, hub.vad)
+    ended_at: dict[int, float] = {}
 
-        async def emit(event: dict) -> None:
-            if event["type"] == "speech_stopped":
-                ended_at[event["segment_id"]] = time.perf_counter()
-            elif event["type"] == "final" and event["segment_id"] in ended_at:
-                metrics.asr_final_latency.observe(time.perf_counter() - ended_at.pop(event["segment_id"]))
-            await session.send_json(event)
+    async def emit(event: dict) -> None:
+        if event["type"] == "speech_stopped":
+            ended_at[event["segment_id"]] = time.perf_counter()
+        elif event["type"] == "final" and event["segment_id"] in ended_at:
+            metrics.asr_final_latency.observe(time.perf_counter() - ended_at.pop(event["segment_id"]))
+        await session.send_json(event)
 
-        transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
-        resampler = StreamResampler(rate, 16000)
-        log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
+    transcriber = StreamingTranscriber(asr, vad, config, hub.executor, emit)
+    resampler = StreamResampler(rate, 16000)
+    received_s = 0.0
+    log.info("[%s] open: %d Hz, model %s", session.id, rate, model_name)
+    try:
         await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": rate, "model": model_name})
-        while True:
-            kind, payload = await session.receive()
-            if kind == "close":
-                break
+        async for kind, payload in session.messages():
             if kind == "bytes":
                 if len(payload) > settings.max_ws_message_bytes:
                     await session.error("frame_too_large", f"audio frame of {len(payload)} bytes exceeds "
@@ -117,22 +103,12 @@ async def asr_stream(ws: WebSocket) -> None:
                                     "expected binary PCM16 audio, 'flush' or 'end'")
         if session.end_code == CLOSE_GOING_AWAY:  # shutdown: finish the utterance in progress if time allows
             try:
-                async with asyncio.timeout(max(0.0, registry(app).remaining(CLOSE_TIMEOUT_S) - 0.5)):
+                async with asyncio.timeout(max(0.0, session.time_to_close() - 0.5)):
                     await transcriber.flush()
             except TimeoutError:
                 pass
         if session.end_error in ("server_shutdown", "idle_timeout", "session_expired"):  # (counted by end())
             await session.send_json({"type": "error", "code": session.end_error, "message": session.end_reason})
-    except Exception:
-        log.exception("[%s] session failed", session.id)
-        await session.error("internal_error", "the session failed; see server logs")
-        session.end(CLOSE_INTERNAL, "internal error")
-    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
-        session.end(CLOSE_INTERNAL, "the session was cancelled on the server")
-        raise
-    finally:
-        if transcriber is not None:
-            await transcriber.close()
-        await session.close(registry(app).remaining(CLOSE_TIMEOUT_S))
-        slot.release()
+    finally:  # before the socket closes
+        await transcriber.close()
         log.info("[%s] closed after %.1f s of audio", session.id, received_s)

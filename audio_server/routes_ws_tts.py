@@ -20,16 +20,7 @@ from fastapi import APIRouter, WebSocket
 from audio_server.audio_io import StreamResampler
 from audio_server.query_params import query_number
 from audio_server.threads import iterate_in_thread
-from audio_server.ws_common import (
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TIMEOUT_S,
-    SessionSlot,
-    SocketSession,
-    admit,
-    parse_control,
-    registry,
-)
+from audio_server.ws_common import CLOSE_POLICY, SocketSession, parse_control, serve
 from tts.piper_tts import SpeechOptions, UnknownVoice
 from tts.text import SentenceChunker
 from tts.text_normalize import has_speech
@@ -56,75 +47,71 @@ class _Utterance:
 
 @router.websocket("/v1/tts/stream")
 async def tts_stream(ws: WebSocket) -> None:
-    app = ws.app
+    await serve(ws, "tts", _synthesise)
+
+
+async def _synthesise(session: SocketSession) -> None:
+    """One accepted stream: its voice and options, then text in and audio out until it ends."""
+    app = session.ws.app
     settings, hub, metrics = app.state.settings, app.state.hub, app.state.metrics
-    if not await admit(ws, "tts"):
-        return
-    session = SocketSession(ws, "tts", metrics)
-    slot = SessionSlot(ws, "tts", session).acquire()  # no await since admit: the limits hold
-    worker: asyncio.Task | None = None
+    q = session.ws.query_params
+    loop = asyncio.get_running_loop()
+    tts = await loop.run_in_executor(hub.executor, hub.tts)
     try:
-        await ws.accept()
-        q = ws.query_params
-        loop = asyncio.get_running_loop()
-        tts = await loop.run_in_executor(hub.executor, hub.tts)
-        try:
-            options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")),
-                                    speed=query_number(q, "speed", 1.0, integer=False, low=0.25, high=4.0))
-            out_rate = int(query_number(q, "sample_rate", tts.sample_rate, integer=True, low=8000, high=48000))
-        except (ValueError, UnknownVoice) as exc:
-            await session.error("invalid_parameters", str(exc))
-            session.end(CLOSE_POLICY, "invalid parameters")
-            return
+        options = SpeechOptions(voice=tts.resolve_voice(q.get("voice")),
+                                speed=query_number(q, "speed", 1.0, integer=False, low=0.25, high=4.0))
+        out_rate = int(query_number(q, "sample_rate", tts.sample_rate, integer=True, low=8000, high=48000))
+    except (ValueError, UnknownVoice) as exc:
+        await session.error("invalid_parameters", str(exc))
+        session.end(CLOSE_POLICY, "invalid parameters")
+        return
 
-        chunker = SentenceChunker()
-        sentences: asyncio.Queue = asyncio.Queue()
-        state = {"utt": _Utterance(), "cancel_epoch": 0, "pending_chars": 0}
+    chunker = SentenceChunker()
+    sentences: asyncio.Queue = asyncio.Queue()
+    state = {"utt": _Utterance(), "cancel_epoch": 0, "pending_chars": 0}
 
-        async def speak() -> None:
-            """Synthesises queued sentences in order; `_END` marks where a `done` goes."""
-            while True:
-                item, epoch, utt = await sentences.get()
-                if item is _END:
-                    await session.send_json({"type": "done", "duration": round(utt.samples / out_rate, 3),
-                                             "samples": utt.samples, "sample_rate": out_rate,
-                                             "sentences": utt.sentences})
-                    continue
-                state["pending_chars"] -= len(item)
+    async def speak() -> None:
+        """Synthesises queued sentences in order; `_END` marks where a `done` goes."""
+        while True:
+            item, epoch, utt = await sentences.get()
+            if item is _END:
+                await session.send_json({"type": "done", "duration": round(utt.samples / out_rate, 3),
+                                         "samples": utt.samples, "sample_rate": out_rate,
+                                         "sentences": utt.sentences})
+                continue
+            state["pending_chars"] -= len(item)
+            if epoch != state["cancel_epoch"]:
+                continue  # cancelled before we got to it
+            resample = StreamResampler(tts.sample_rate, out_rate, dtype="int16")
+            async for part in iterate_in_thread(hub.executor, lambda: tts.synthesize(item, options)):
                 if epoch != state["cancel_epoch"]:
-                    continue  # cancelled before we got to it
-                resample = StreamResampler(tts.sample_rate, out_rate, dtype="int16")
-                async for part in iterate_in_thread(hub.executor, lambda: tts.synthesize(item, options)):
-                    if epoch != state["cancel_epoch"]:
-                        break
-                    pcm = resample(part.pcm)
-                    if utt.first_chunk_s is None:
-                        utt.first_chunk_s = time.perf_counter() - utt.t0
-                        metrics.tts_first_chunk.observe(utt.first_chunk_s)
-                    utt.samples += len(pcm)
-                    await session.send_bytes(pcm.astype("<i2").tobytes())
-                else:
-                    if epoch != state["cancel_epoch"]:
-                        continue  # cancelled while its last part was made: no tail, no `sentence`
-                    tail = resample(np.zeros(0, np.int16), last=True)  # the resampler's last few samples
-                    if len(tail):
-                        utt.samples += len(tail)
-                        await session.send_bytes(tail.astype("<i2").tobytes())
-                    utt.sentences += 1
-                    await session.send_json({"type": "sentence", "text": item, "index": utt.sentences - 1})
+                    break
+                pcm = resample(part.pcm)
+                if utt.first_chunk_s is None:
+                    utt.first_chunk_s = time.perf_counter() - utt.t0
+                    metrics.tts_first_chunk.observe(utt.first_chunk_s)
+                utt.samples += len(pcm)
+                await session.send_bytes(pcm.astype("<i2").tobytes())
+            else:
+                if epoch != state["cancel_epoch"]:
+                    continue  # cancelled while its last part was made: no tail, no `sentence`
+                tail = resample(np.zeros(0, np.int16), last=True)  # the resampler's last few samples
+                if len(tail):
+                    utt.samples += len(tail)
+                    await session.send_bytes(tail.astype("<i2").tobytes())
+                utt.sentences += 1
+                await session.send_json({"type": "sentence", "text": item, "index": utt.sentences - 1})
 
-        def enqueue(texts: list[str]) -> None:
-            for text in texts:
-                state["pending_chars"] += len(text)
-                sentences.put_nowait((text, state["cancel_epoch"], state["utt"]))
+    def enqueue(texts: list[str]) -> None:
+        for text in texts:
+            state["pending_chars"] += len(text)
+            sentences.put_nowait((text, state["cancel_epoch"], state["utt"]))
 
-        worker = asyncio.create_task(speak())
+    worker = asyncio.create_task(speak())
+    try:
         await session.send_json({"type": "ready", "session_id": session.id, "sample_rate": out_rate,
                                  "voice": options.voice, "format": "pcm16"})
-        while True:
-            kind, payload = await session.receive()
-            if kind == "close":
-                break
+        async for kind, payload in session.messages():
             if kind == "bytes":
                 await session.error("unexpected_binary", "this socket takes JSON text messages only")
                 continue
@@ -176,16 +163,6 @@ async def tts_stream(ws: WebSocket) -> None:
         if session.end_error in ("server_shutdown", "idle_timeout", "session_expired"):  # (counted by end())
             state["cancel_epoch"] += 1  # queued text is dropped; the sentence being spoken stops
             await session.send_json({"type": "error", "code": session.end_error, "message": session.end_reason})
-    except Exception:
-        log.exception("[%s] session failed", session.id)
-        await session.error("internal_error", "the session failed; see server logs")
-        session.end(CLOSE_INTERNAL, "internal error")
-    except asyncio.CancelledError:  # cancelled on the server (shutdown cut it, or an operator): 1011
-        session.end(CLOSE_INTERNAL, "the session was cancelled on the server")
-        raise
-    finally:
-        if worker is not None:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
-        await session.close(registry(app).remaining(CLOSE_TIMEOUT_S))
-        slot.release()
+    finally:  # before the socket closes
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)

@@ -50,6 +50,7 @@ from realtime.events import (
 )
 from realtime.items import new_id
 from realtime.protocol import Dialect, ItemTruncate, JSONTextError, ProtocolError, Serializer, load_json
+from realtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 KIND = "webrtc"
@@ -166,7 +167,7 @@ class WebRTCPeer:
         self._resamplers: dict[str, StreamResampler] = {}
         self._items: dict[str, str] = {}  # response id → its assistant item id (for truncation)
         self._cleared: set[str] = set()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks = TaskSet(f"webrtc:{self.id}", self.id)
         self.created = self.last_activity = loop.time()
         self.connected = False
         self.closed = False
@@ -206,8 +207,8 @@ class WebRTCPeer:
             await self.pc.setLocalDescription(answer)
         if start:
             await self.host.start()
-            self._spawn(self._read(), "events")
-            self._spawn(self._watch(), "watch")
+            self.tasks.spawn(self._read(), "events")
+            self.tasks.spawn(self._watch(), "watch")
             limit = self.settings.max_session_s
             self._expiry = asyncio.get_running_loop().call_later(
                 limit, self.request_close, f"session expired: calls last at most {limit:g} s (max_session_s)",
@@ -219,7 +220,7 @@ class WebRTCPeer:
         if track.kind != "audio" or (self._mic_task is not None and not self._mic_task.done()):
             log.info("[%s] ignoring an extra %s track", self.id, track.kind)
             return
-        self._mic_task = self._spawn(self._pump(track), "mic")
+        self._mic_task = self.tasks.spawn(self._pump(track), "mic")
 
     async def _pump(self, track) -> None:
         """Remote audio → session input, frame by frame (the session's VAD runs on each append)."""
@@ -369,17 +370,6 @@ class WebRTCPeer:
                 break
 
     # ---- lifecycle -------------------------------------------------------------------------------------
-    def _spawn(self, coro, what: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"webrtc:{self.id}:{what}")
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("[%s] task %s failed", self.id, task.get_name(), exc_info=task.exception())
-
     def _on_state(self) -> None:
         state = self.pc.connectionState
         log.info("[%s] connection %s", self.id, state)
@@ -438,11 +428,7 @@ class WebRTCPeer:
             self._expiry.cancel()
         try:
             await self._goodbye(reason, code)
-            current = asyncio.current_task()
-            others = [t for t in self.tasks if t is not current]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            await self.tasks.cancel_all()
             await close_host(self.app, self.host)
             self.speaker.stop()
             try:

@@ -12,9 +12,13 @@ How a session ends, and what the client sees (the close code, and for most an er
 | a send not read within `send_timeout_s`, or more than `max_queued_events` waiting | `slow_consumer` (no event: it would not be read) | 1008 |
 | server shutdown | `server_shutdown` (realtime: `response.done` cancelled) | 1001 |
 | a message larger than the server's WebSocket limit (uvicorn) | — | 1009 |
+| the route failed (a bug), or was cancelled on the server | `internal_error` (not realtime, Twilio) | 1011 |
 
 A session refused at the handshake gets an HTTP error with a JSON body: 403 (bad key or origin, or the
 global `max_sessions`), 429 (`max_sessions_per_key`), 503 (shutting down).
+
+A route is `serve(ws, kind, body)`: admission before any accept, then the body, with failure, cancellation,
+the bounded close and the slot's release in one place (`open_session` + `accepted`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import WebSocket
 from starlette.responses import JSONResponse
@@ -64,6 +69,7 @@ class SocketSession:
         self.finished = asyncio.Event()  # the route has cleaned up (what shutdown waits for)
         self._receiving: asyncio.Timeout | None = None
         self.errors = ErrorBudget(getattr(settings, "max_protocol_errors_per_s", 50))
+        self.slot = SessionSlot(ws, kind, self)  # taken by `open_session` (or the route), released by `accepted`
 
     # ---- ending --------------------------------------------------------------------------------------
     @property
@@ -84,6 +90,11 @@ class SocketSession:
                 self._receiving.reschedule(asyncio.get_running_loop().time())
             except RuntimeError:  # the receive has just finished; the route checks `ended` next
                 pass
+
+    def time_to_close(self) -> float:
+        """Seconds a last flush and the close may take: what is left of a shutdown's drain, else
+        `CLOSE_TIMEOUT_S`."""
+        return registry(self.ws.app).remaining(CLOSE_TIMEOUT_S)
 
     async def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Close with the end code (1000 if none). Bounded: a peer that does not read cannot hold the
@@ -181,6 +192,18 @@ class SocketSession:
             return "bytes", message["bytes"]
         return "text", message.get("text") or ""
 
+    async def messages(self) -> AsyncIterator[tuple[str, str | bytes]]:
+        """The client's messages as ("text", str) | ("bytes", bytes), until `receive` says "close" (or the
+        socket is already gone)."""
+        while True:
+            try:
+                kind, payload = await self.receive()
+            except RuntimeError:  # the socket is already gone
+                return
+            if kind == "close":
+                return
+            yield kind, payload  # type: ignore[misc]
+
 
 class ErrorBudget:
     """Protocol errors of one session, counted per second: what may be logged, and when it is a flood."""
@@ -276,7 +299,7 @@ def registry(app) -> SessionRegistry:
 async def admit(ws: WebSocket, kind: str, *, key_required: bool = True) -> bool:
     """Check key, origin and the session limits before accepting. A refusal answers the handshake with an
     HTTP error and a JSON body saying why (`{"error": {"code", "message", "type"}}`); nothing else of
-    the server is touched. Take the slot right after (`SessionSlot(...).acquire()`, no await between).
+    the server is touched. Take the slot right after, with no await between (`open_session` does both).
     `key_required=False` is for a transport whose client cannot send a key and authenticates in its first
     message instead (Twilio's stream token): it takes its slot only once that is verified."""
     from audio_server.auth import key_ok, presented_key
@@ -375,6 +398,56 @@ class SessionSlot:
         if self.sock is not None:
             reg.sessions.pop(self.sock.id, None)
             self.sock.finished.set()
+
+
+# ---- a route's session, from the handshake to the close ----------------------------------------------
+async def open_session(ws: WebSocket, kind: str, *, key_required: bool = True,
+                       take_slot: bool = True) -> SocketSession | None:
+    """Admit the handshake (`admit`), then the connection's `SocketSession` with its `SessionSlot` taken
+    (no await between: the limits hold); None when refused (the client has its HTTP error, nothing was
+    accepted). `take_slot=False` leaves `session.slot` for the route to acquire once the client has
+    authenticated (Twilio's start frame). Serve the session inside `accepted(session)`."""
+    if not await admit(ws, kind, key_required=key_required):
+        return None
+    session = SocketSession(ws, kind, ws.app.state.metrics)
+    if take_slot:
+        session.slot.acquire()
+    return session
+
+
+@asynccontextmanager
+async def accepted(session: SocketSession, *, subprotocol: str | None = None,
+                   error_event: bool = True) -> AsyncIterator[SocketSession]:
+    """Accept the socket and run the route's body; whatever happens, close within the drain's time and
+    release the slot. A body that raises is logged and ended with 1011 (`internal_error` first, unless
+    `error_event=False`: a wire with its own error shape, or none); one cancelled on the server (shutdown
+    cut it, or an operator) is ended with 1011 and the cancellation goes on. A route's own cleanup that must
+    come before the close (its model streams, its tasks) goes in a `try/finally` inside the body."""
+    try:
+        await session.ws.accept(subprotocol=subprotocol)
+        yield session
+    except Exception:
+        log.exception("[%s] session failed", session.id)
+        if error_event:
+            await session.error("internal_error", "the session failed; see server logs")
+        session.end(CLOSE_INTERNAL, "internal error")
+    except asyncio.CancelledError:
+        session.end(CLOSE_INTERNAL, "the session was cancelled on the server")
+        raise
+    finally:
+        await session.close(session.time_to_close())
+        session.slot.release()
+
+
+async def serve(ws: WebSocket, kind: str, body: Callable[[SocketSession], Awaitable[None]], *,
+                key_required: bool = True, take_slot: bool = True, subprotocol: str | None = None,
+                error_event: bool = True) -> None:
+    """A socket route in one call: `open_session`, then `body(session)` inside `accepted`."""
+    session = await open_session(ws, kind, key_required=key_required, take_slot=take_slot)
+    if session is None:  # refused at the handshake
+        return
+    async with accepted(session, subprotocol=subprotocol, error_event=error_event):
+        await body(session)
 
 
 def parse_control(text: str) -> tuple[dict | None, str | None]:

@@ -48,6 +48,7 @@ from realtime.session import (
     StartResponse,
     Transcribe,
 )
+from realtime.tasks import TaskSet
 from runtime.chat_api import ChatEngine, ToolCall
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class SessionRunner:
         self.options, self.clock = options or PipelineOptions(), clock
         self._send, self._on_turn_latency = send, on_turn_latency
         self.outbox = Outbox(self._write, self._sent, max_queued=max_queued_events, on_overflow=on_backlog)
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks = TaskSet(f"rt:{session.id}", session.id)
         self.responses: dict[str, asyncio.Task] = {}
         self.transcripts: dict[str, asyncio.Task] = {}  # item id → task that records its transcript
         self.turn_latencies: list[float] = []
@@ -80,17 +81,14 @@ class SessionRunner:
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._spawn(self.outbox.run(), "writer")
+        self.tasks.spawn(self.outbox.run(), "writer")
         self.backend.start()
         self.execute(self.session.start())
 
     async def close(self) -> None:
         """Cancel and await every task of the session (responses, ASR waits, the writer)."""
         self.closed = True
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.cancel_all()
         for fut in self.transcripts.values():
             fut.cancel()
         self.transcripts.clear()
@@ -104,17 +102,6 @@ class SessionRunner:
             await asyncio.wait_for(self.outbox.flushed(), timeout)
         except TimeoutError:
             log.info("[%s] %d events still unsent after %.1f s", self.session.id, self.outbox.queued, timeout)
-
-    def _spawn(self, coro, what: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"rt:{self.session.id}:{what}")
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("[%s] task %s failed", self.session.id, task.get_name(), exc_info=task.exception())
 
     # ---- input ---------------------------------------------------------------------------------------
     async def handle_text(self, text: str | bytes) -> None:
@@ -194,12 +181,12 @@ class SessionRunner:
                 if task is not None:
                     task.cancel()
             elif isinstance(cmd, StartResponse):
-                task = self._spawn(self._respond(cmd), f"response:{cmd.response_id}")
+                task = self.tasks.spawn(self._respond(cmd), f"response:{cmd.response_id}")
                 self.responses[cmd.response_id] = task
                 task.add_done_callback(lambda t, rid=cmd.response_id: self._response_ended(rid, t))
             elif isinstance(cmd, Transcribe):
                 fut = self.backend.transcribe(cmd, self.session)
-                task = self._spawn(self._finish_transcript(cmd, fut), f"asr:{cmd.item_id}")
+                task = self.tasks.spawn(self._finish_transcript(cmd, fut), f"asr:{cmd.item_id}")
                 self.transcripts[cmd.item_id] = task
                 task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
             elif isinstance(cmd, Speculate):
