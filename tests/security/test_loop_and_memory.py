@@ -69,6 +69,13 @@ class _CrashingASR(CannedASR):
 
 
 class _Hub:
+    """What a realtime session needs of a hub (realtime.hub.CascadeModels), with the crashing ASR and a tone TTS."""
+
+    pipeline = "cascade"
+    asr_threads = 1
+    asr_beam_size = 1
+    tts_executor = None
+
     def __init__(self, settings):
         self.settings = settings
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="fake-hub")
