@@ -64,12 +64,13 @@ class AudioLM(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
     # ---- backbone -------------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
-        b, t = tokens.shape
+    def forward(self, tokens: torch.Tensor | None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        # inputs_embeds [B, T, D], when given, replaces embed_tokens(tokens) (audio rows spliced in a prompt).
+        x = self.model.embed_tokens(tokens) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        b, t = x.shape[:2]
         if positions is None:
-            positions = torch.arange(t, device=tokens.device).expand(b, t)
-        x = self.model.embed_tokens(tokens)                                    # [B, T, D]
+            positions = torch.arange(t, device=x.device).expand(b, t)
         rope = self.rotary(positions, x.dtype)
         mask = self._mask(positions, cache)
         for i, layer in enumerate(self.model.layers):
