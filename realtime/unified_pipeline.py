@@ -16,8 +16,10 @@ keeps its conversation as LLM token ids:
   the session exactly as the cascade sends Piper's.
 
 `UnifiedStack` is the models (loaded once per process: `ModelHub.unified()`); `UnifiedSession` is one
-session's state over them. Torch work runs on two single-thread executors per session (encoding, and
-decoding + vocoding), so a session's jobs run in order and never block the event loop.
+session's state over them. Every session's answers are decoded by the stack's one stepping loop
+(`runtime.slot_loop.SlotLoop`: one slot per answer, one batched step for all); a session's own torch work
+(encoding its turns, vocoding its answer) runs on two single-thread executors, so its jobs run in order
+and never block the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +43,7 @@ from realtime.session import RealtimeSession, Transcribe
 from runtime.audio_decoding import AudioChatFormat, AudioOnlyDrafter, AudioOnlyLM, AudioPhaseConstraint
 from runtime.engine import DecodeEngine
 from runtime.model import AudioLM
+from runtime.slot_loop import SlotLoop
 from voxcore.interleave import GROUP_MS, GROUP_SIZE, AudioTokenLayout
 from tokenizer.model import DualCodebookTokenizer, TokenizerState
 from vocoder.model import ChunkSchedule, StreamingVocoder
@@ -59,13 +63,16 @@ class UnifiedOptions:
     max_audio_tokens: int = 150
     first_chunk_groups: int = 1  # vocoder chunk sizes, in groups: a short first one for latency
     chunk_groups: int = 4
-    capacity: int = 1024  # KV cache positions per session: prompt + answer (+ MTP room)
+    capacity: int = 1024  # KV cache positions per slot: prompt + answer (+ MTP room)
+    slots: int = 8  # answers decoded at once by the stack's one stepping loop (more wait for a free slot)
     seed: int = 0  # response i of a session samples and draws vocoder noise from seed + i
     ahead_ms: int = 1000  # how far decoding may run ahead of the audio already sent (beyond lead_ms)
 
     def __post_init__(self) -> None:
         if self.n_draft < 0 or self.max_audio_tokens < GROUP_SIZE or self.max_audio_tokens % GROUP_SIZE:
             raise ValueError(f"n_draft must be >= 0 and max_audio_tokens a positive multiple of {GROUP_SIZE}")
+        if self.slots < 1:
+            raise ValueError("slots must be >= 1")
         if self.first_chunk_groups < 1 or self.chunk_groups < 1 or self.ahead_ms < 0:
             raise ValueError("chunk sizes must be >= 1 group and ahead_ms >= 0")
         if self.capacity < self.max_audio_tokens + 2 * self.n_draft + 16:
@@ -90,6 +97,8 @@ class UnifiedStack:
         self.tokenizer, self.lm, self.vocoder, self.fmt, self.options = tokenizer, lm, vocoder, fmt, options
         self.layout = AudioTokenLayout(cfg.audio_offset, cfg.linguistic_size, cfg.semantic_size)
         self.schedule = ChunkSchedule(options.first_chunk_groups, options.chunk_groups)
+        self._loop: SlotLoop | None = None
+        self._loop_lock = threading.Lock()
 
     @classmethod
     def tiny(cls, seed: int = 0, lm_dtype: torch.dtype = torch.float32,
@@ -122,11 +131,21 @@ class UnifiedStack:
         audio = StreamResampler(INTERNAL_RATE, self.input_rate)(np.asarray(audio, np.float32), last=True)
         return self.tokenizer(torch.from_numpy(np.ascontiguousarray(audio))[None]).ids(self.layout)[0].tolist()
 
-    def new_engine(self) -> DecodeEngine:
-        """A batch-1 decode engine over the shared LLM, constrained to audio ids in group order."""
-        constraint = AudioPhaseConstraint(self.lm, self.fmt)
-        return DecodeEngine(AudioOnlyLM(self.lm, constraint), batch=1, capacity=self.options.capacity,
-                            n_draft=self.options.n_draft, drafter=AudioOnlyDrafter(constraint))
+    def loop(self) -> SlotLoop:
+        """The stack's one stepping loop: a decode engine of `options.slots` slots over the shared LLM,
+        constrained per slot to audio ids in group order. Every session's answers run in it."""
+        with self._loop_lock:
+            if self._loop is None:
+                opts = self.options
+                constraint = AudioPhaseConstraint(self.lm, self.fmt, batch=opts.slots)
+                engine = DecodeEngine(AudioOnlyLM(self.lm, constraint), batch=opts.slots, capacity=opts.capacity,
+                                      n_draft=opts.n_draft, drafter=AudioOnlyDrafter(constraint), seed=opts.seed)
+                self._loop = SlotLoop(engine, constraint, name="unified-loop")
+            return self._loop
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
 
 
 class TurnEncoder:
@@ -172,7 +191,6 @@ class UnifiedSession:
         self.incremental_turns = self.offline_turns = 0
         self.responses = 0
         self.closed = False
-        self._engine: DecodeEngine | None = None  # decode thread only
         self._encoder: TurnEncoder | None = None  # encode thread only
         self._plan: tuple[int, int] | None = None  # event loop: (turn start, samples submitted up to)
 
@@ -189,12 +207,6 @@ class UnifiedSession:
     def start(self) -> None:
         """Begin loading the models now, so the first turn does not wait for them."""
         self._submit(self.stack_now)
-
-    def engine(self, stack: UnifiedStack) -> DecodeEngine:
-        """This session's decode engine (decode thread only; one slot, reset for every response)."""
-        if self._engine is None:
-            self._engine = stack.new_engine()
-        return self._engine
 
     def close(self) -> None:
         self.closed = True

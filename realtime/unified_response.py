@@ -1,7 +1,7 @@
 """One response on the unified path, executed: prompt ids → audio LLM (MTP) → VocoderSession → audio deltas.
 
-The decode thread runs `runtime.generate.generate` over the session's batch-1 engine; every step's ids
-go straight into the response's `VocoderSession` (first chunk after one 120 ms group, then every four),
+The answer is one slot of the stack's shared stepping loop (`runtime.slot_loop`); the session's decode
+thread takes every step's ids into the response's `VocoderSession` (first chunk after one 120 ms group, then every four),
 and each chunk of 16 kHz audio crosses to the event loop through an `_AudioChannel`. The loop side is
 `realtime.backends.unified.UnifiedBackend.respond`, which yields each chunk as an `AudioChunk` to the runner's
 shared playout (the cascade's output path).
@@ -15,14 +15,16 @@ step, and waits for that thread to leave — generation and vocoding end within 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from realtime.unified_pipeline import UnifiedSession, UnifiedStack
-from runtime.generate import generate
+from runtime.slot_loop import Generation
 from runtime.sampling import SamplingParams
 from vocoder.model import VocoderSession
 
@@ -73,6 +75,7 @@ class _AudioChannel:
         self._cond = threading.Condition()
         self.produced = self.consumed = 0
         self.stopped = False
+        self.on_consumed: Callable[[], None] | None = None  # the decode loop re-checks who may run
 
     # decode thread
     def check(self) -> None:
@@ -104,6 +107,8 @@ class _AudioChannel:
         with self._cond:
             self.consumed += samples
             self._cond.notify_all()
+        if self.on_consumed is not None:
+            self.on_consumed()
 
     def stop(self) -> None:
         with self._cond:
@@ -118,15 +123,21 @@ def _int16(audio) -> np.ndarray:
 def decode_answer(unified: UnifiedSession, stack: UnifiedStack, prompt: list[int], max_new: int,
                   params: SamplingParams, seed: int, channel: _AudioChannel, generated: list[int],
                   stats: UnifiedTurnStats) -> None:
-    """Decode thread: generate the answer, vocode it as it comes, hand the audio to `channel`."""
+    """Decode thread: the answer is decoded in the stack's shared loop (one slot); this thread vocodes its ids as
+    they come and hands the audio to `channel`."""
     end = stack.fmt.end
+    arrivals: queue.SimpleQueue[list[int] | str] = queue.SimpleQueue()
     waited = voc_s = 0.0
-    calls = 0
     t0 = time.perf_counter()
+
+    def may_run() -> bool:  # the loop's back-pressure: the listener is close and the vocoder keeps up
+        return not channel.stopped and channel.produced - channel.consumed <= channel.ahead and arrivals.qsize() < 4
+
+    gen = Generation(prompt, on_tokens=arrivals.put, on_finish=arrivals.put, params=params, max_new=max_new,
+                     stop_ids=frozenset({end}), seed=seed, may_run=may_run)
+    loop = stack.loop()
+    channel.on_consumed = loop.wake
     try:
-        engine = unified.engine(stack)
-        engine.model.constraint.start.fill_(len(prompt))  # the answer's first id sits right after the prompt
-        engine.generator.manual_seed(seed)
         voc = VocoderSession(stack.vocoder, seed=seed, schedule=stack.schedule, layout=stack.layout)
 
         def emit(pcm) -> None:
@@ -135,32 +146,33 @@ def decode_answer(unified: UnifiedSession, stack: UnifiedStack, prompt: list[int
                 stats.audio_samples += pcm.numel()
                 waited += channel.put(_int16(pcm))
 
-        def on_tokens(_i: int, new: list[int]) -> None:
-            nonlocal calls, voc_s
-            channel.check()
-            calls += 1
-            if calls > 1:
-                stats.steps += 1
-                stats.step_tokens += len(new)
-            ids = [t for t in new if t != end]
-            generated.extend(ids)
-            stats.audio_tokens = len(generated)
-            if ids:
-                t = time.perf_counter()
-                pcm = voc.push(ids)
-                voc_s += time.perf_counter() - t
-                emit(pcm)
-
+        loop.submit(gen)
         try:
-            res = generate(engine, [prompt], params, max_new_tokens=max_new, stop_ids=(end,), on_tokens=on_tokens)
-            stats.finish = res.finish[0]
-            t = time.perf_counter()
-            tail = voc.finish()
-            voc_s += time.perf_counter() - t
-            emit(tail)
+            while not isinstance(item := arrivals.get(), str):
+                channel.check()
+                loop.wake()  # the backlog shrank
+                ids = [t for t in item if t != end]
+                generated.extend(ids)
+                stats.audio_tokens = len(generated)
+                if ids:
+                    t = time.perf_counter()
+                    pcm = voc.push(ids)
+                    voc_s += time.perf_counter() - t
+                    emit(pcm)
+            if item == "error":
+                raise RuntimeError("the shared decode loop failed on this answer (see the log)")
+            stats.finish = item
+            if item != "cancelled":
+                t = time.perf_counter()
+                tail = voc.finish()
+                voc_s += time.perf_counter() - t
+                emit(tail)
         except _Stopped:
             stats.finish = "cancelled"
     finally:
+        gen.cancel()
+        loop.wake()
+        stats.steps, stats.step_tokens = gen.steps, gen.step_tokens
         stats.vocoder_s = voc_s
         stats.llm_s = time.perf_counter() - t0 - waited - voc_s
         channel.close()

@@ -14,8 +14,8 @@ misplaced id. :class:`AudioPhaseConstraint` enforces it on the logits, as a filt
 
 The wrapper remembers the positions of the last forward (``logits`` does not receive them), so use
 one wrapper per :class:`DecodeEngine`; the wrapped model's weights are shared, never copied. The
-constraint's ``start`` covers the engine's whole batch: extend all slots together or use batch 1
-(the realtime unified pipeline gives each session a batch-1 engine).
+constraint's ``start`` holds one answer start per slot; a forward over some slots only (a prefill)
+says which with :meth:`AudioPhaseConstraint.select` (`runtime.slot_loop` does).
 """
 from __future__ import annotations
 
@@ -69,10 +69,16 @@ class AudioPhaseConstraint:
         allowed[LING_PER_GROUP:, cfg.semantic_offset:cfg.audio_end] = True
         self.allowed, self.end = allowed, fmt.end
         self.start = torch.zeros(batch, dtype=torch.long, device=dev)
+        self._rows: range | None = None
+
+    def select(self, rows: range | None) -> None:
+        """The slots the next forwards cover (a one-slot prefill), or None for the whole batch."""
+        self._rows = rows
 
     def mask(self, logits: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:
         """logits [B, T, V] for tokens at positions target_pos [B, T] -> masked logits (no host sync)."""
-        rel = target_pos - self.start[:, None]                                  # [B, T]
+        start = self.start if self._rows is None else self.start[self._rows.start:self._rows.stop]
+        rel = target_pos - start[:, None]                                       # [B, T]
         ok = self.allowed[rel % GROUP_SIZE]                                     # [B, T, V] (a copy)
         ok[..., self.end] = (rel % GROUP_SIZE == 0) & (rel > 0)                 # end: whole groups only
         return logits.masked_fill(~ok, float("-inf"))

@@ -36,8 +36,14 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self.derive_buffers()
+
+    def derive_buffers(self) -> None:
+        """The tables from the sizes (again after a meta-device build; see voxcore.strict_load)."""
+        head_dim, theta = self.head_dim, self.theta
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        ang = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv)  # [S, Dh/2]
+        ang = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64), inv)  # [S, Dh/2]
         ang = torch.cat([ang, ang], dim=-1)                                      # [S, Dh]
         # Not persistent: derived from the config, never part of a checkpoint.
         self.register_buffer("cos", ang.cos().float(), persistent=False)
