@@ -118,7 +118,10 @@ def test_greedy_through_the_decode_engine_kv_cache(model, io):
     engine.reset(0)
     engine.reset(1)
     got = [[engine.extend(0, prompt, chunk=16)]]
-    step_logits = [model.logits(engine.last_hidden[0, -1])]            # last_hidden: this extend's [1, T, D]
+    prefill = engine.last_hidden                                        # this extend's hidden states [1, 50, D]
+    assert _max_err(prefill, io["final_hidden_normed"]) <= ATOL
+    assert _max_err(model.logits(prefill[0, io["logits_positions"]]), io["logits_at_positions"]) <= ATOL
+    step_logits = [model.logits(prefill[0, -1])]
     got.append([engine.extend(1, short)])
     for _ in range(GREEDY_STEPS - 1):
         new, num_new = engine.step()
