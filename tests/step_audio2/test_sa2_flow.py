@@ -49,6 +49,14 @@ def test_loader_names_every_missing_and_unexpected_tensor(golden_dir, golden_jso
     assert "encoder.up_layer.conv.weight" in str(info.value) and "decoder.estimator.extra" in str(info.value)
 
 
+def test_loads_an_official_style_torch_pickle(golden_dir, golden_json, offline, tmp_path):
+    from safetensors.torch import load_file
+    path = tmp_path / "flow.pt"
+    torch.save(load_file(str(golden_dir / "flow" / "weights.safetensors")), path)
+    model = load_flow(path, golden_json("flow/config.json"))
+    assert max_err(model.speaker_projection(offline["spk_emb"]), offline["spk_proj"]) <= ATOL
+
+
 def test_full_size_defaults_when_no_config():
     with empty_parameters():
         model = build_flow(None)
@@ -182,6 +190,11 @@ def test_trim_keeps_the_newest_chunk_head_and_the_oldest_material(flow, voice, s
     assert torch.equal(after[:, :, :24], before[:, :, :24])
     assert torch.equal(after[:, :, 24:], before[:, :, -100:])
     assert torch.equal(after[:, :, -24:], prompt_k)
+
+
+def test_the_default_noise_buffer_reproduces_the_reference_stream(flow, offline, stream):
+    state = setup_stream(flow, offline["prompt_tokens"], offline["prompt_mels"], offline["spk_emb"])
+    assert max_err(stream_chunk(flow, state, stream["chunk0_tokens"]), stream["chunk0_mel"]) <= ATOL
 
 
 def test_sessions_do_not_share_state(flow, voice, stream, offline):
