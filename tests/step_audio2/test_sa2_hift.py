@@ -91,6 +91,9 @@ def test_dtype_and_derived_window(golden_dir, golden_json, hift_io):
                       dtype=torch.float64)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     assert torch.equal(model.stft_window, hift_io["stft_window_hann16_periodic"])
+    with torch.no_grad():
+        wav = model.decode(hift_io["mel"], hift_io["source"])
+    assert wav.dtype == torch.float64 and max_err(wav, hift_io["wav"]) <= HIFT_ATOL
 
 
 # -- hift/io: standalone tiny HiFT, draws injected --
