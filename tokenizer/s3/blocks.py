@@ -1,4 +1,4 @@
-"""Pieces the two S3 speech tokenizers share: config, masks, the strided conv front, attention (+RoPE, +FSMN), blocks.
+"""What the two S3 tokenizers share: config, masks, conv front, attention (+RoPE, +FSMN), blocks, the API.
 
 Both tokenizers are Whisper-style encoders over the 128-bin log-mel of voxcore.whisper_mel (Step-Audio 2 SPEC §8,
 Step-Audio v1 SPEC §4). They differ only in how position enters (v2: rotary on q/k, v1: a fixed sinusoid table added
@@ -7,6 +7,8 @@ state-dict names (`conv1`, `conv2`, `blocks.N.attn.{query,key,value,out,fsmn_blo
 so an official checkpoint loads by name through voxcore.strict_load.
 
 Everything in `forward` is plain tensor arithmetic on the lengths (no `.item()`), so the same module traces to ONNX.
+`S3Tokenizer` (bottom) is the interface every backend offers — the torch ports and the official ONNX file alike —
+with the 30 s windowing of long clips done once, outside any backend.
 """
 
 from __future__ import annotations
