@@ -42,6 +42,7 @@ class ChatBody(BaseModel):
     stop: str | list[str] | None = None
     tools: list[Any] | None = None
     tool_choice: str | dict | None = None
+    response_format: dict | None = None
     n: int | None = None
     seed: int | None = None
 
@@ -139,6 +140,26 @@ def _tool_choice(raw: str | dict | None, tools: tuple[ToolSpec, ...]) -> str:
     return name
 
 
+def _response_format(raw: dict | None) -> dict | None:
+    """OpenAI's ``response_format`` -> the JSON schema the answer must match (None: free text)."""
+    if raw is None:
+        return None
+    kind = raw.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = raw.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           param="response_format.json_schema.schema")
+        return schema
+    raise APIError(400, "response_format.type must be 'text', 'json_object' or 'json_schema'",
+                   param="response_format.type")
+
+
 def _sampling(body: ChatBody | CompletionBody, max_tokens: int | None) -> dict:
     if body.n not in (None, 1):
         raise APIError(400, "only n=1 is supported", param="n")
@@ -209,6 +230,7 @@ async def chat_completions(body: ChatBody, request: Request):
     tools = _tools(body.tools)
     choice = _tool_choice(body.tool_choice, tools)
     req = ChatRequest(messages=messages, tools=tools, tool_choice=choice,
+                      json_schema=_response_format(body.response_format),
                       **_sampling(body, body.max_completion_tokens or body.max_tokens))
     engine = await _engine(request, body.model)
     if not engine.supports_vision and any(not isinstance(m.content, str) and

@@ -53,6 +53,9 @@ class ChatRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    #: the output must be one JSON value valid against this schema (``{"type": "object"}`` for OpenAI's
+    #: ``response_format: json_object``); None = free text. Engines that constrain decoding enforce it.
+    json_schema: dict | None = None
 
 
 @dataclass(frozen=True)

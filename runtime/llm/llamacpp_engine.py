@@ -12,6 +12,11 @@ so user text cannot smuggle in control tokens), and the generated text goes thro
 completion stream carries text, not ids (it holds back a split UTF-8 character itself) and stops at the
 model's end-of-turn tokens (``<|im_end|>``, ``<|endoftext|>``: the ones our tokenizer stops at).
 
+Tools offered or a JSON ``response_format``: the request also carries its grammar
+(:mod:`runtime.llm.tool_constraint`, llguidance's Lark with llama.cpp's own ``%json`` schema compiler) in
+llama.cpp's ``grammar`` field, so the sampler can only produce plain text or a call valid against the tools'
+schemas (or the JSON asked for).
+
 Threads: ``Server.handle_completions`` blocks until its request ends, calling back once per streamed chunk.
 One worker thread per slot takes requests from a queue and makes that call; the callback turns each chunk
 into :class:`ChatDelta` items on the request's ``asyncio.Queue`` (``call_soon_threadsafe``). The event loop
@@ -106,6 +111,11 @@ class LlamaCppChatEngine(QueuedChatEngine):
         params.n_threads_http = 1
         params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else 3
         self.server = xllamacpp.Server(params)
+        # Tool calls and JSON output are constrained by llguidance grammars (runtime.llm.tool_constraint); a
+        # wheel built without llguidance answers json_schema_to_grammar in GBNF instead, and is left unconstrained.
+        self.constrains_output = xllamacpp.json_schema_to_grammar("{}").startswith("%llguidance")
+        if not self.constrains_output:
+            log.warning("this xllamacpp build has no llguidance: tool calls and JSON output are not constrained")
         self.stats = {"requests": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
         #: the request each worker (one per slot) is serving, None while it waits
         self._jobs: list[_Job | None] = [None] * options.slots
@@ -146,6 +156,8 @@ class LlamaCppChatEngine(QueuedChatEngine):
                 "samplers": ["temperature", "top_p"], "repeat_penalty": 1.0}
         if request.seed is not None:
             body["seed"] = int(request.seed) & 0xFFFFFFFF
+        if parser.constraint is not None:
+            body["grammar"] = parser.constraint.lark()
         return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, loop=asyncio.get_running_loop())
 
     # ---- the workers -------------------------------------------------------------------------------
@@ -195,6 +207,13 @@ class LlamaCppChatEngine(QueuedChatEngine):
             return job.done
 
         result = self.server.handle_completions({**job.body, "prompt": job.prompt}, on_chunk)
+        if (isinstance(result, dict) and "error" in result and not job.done and "grammar" in job.body
+                and job.generated == 0):
+            # A schema llguidance cannot compile (a keyword it does not know): answer unconstrained, as before.
+            log.warning("llama.cpp refused the output grammar (%s); decoding this request unconstrained",
+                        result["error"])
+            job.body = {k: v for k, v in job.body.items() if k != "grammar"}
+            result = self.server.handle_completions({**job.body, "prompt": job.prompt}, on_chunk)
         if isinstance(result, dict) and "error" in result and not job.done:
             job.done = True
             job.send(request_error(result["error"]))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from runtime.chat_api import ToolCall, ToolSpec
+from runtime.llm.tool_constraint import OutputConstraint
 from runtime.llm.chat_format import TOOL_CLOSE, TOOL_OPEN, json_object_end, new_call_id, parse_tool_call
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class OutputParser:
         # Small coder models often answer a tool request with a bare (or ```json-fenced) JSON object
         # instead of the tags; while the reply could still be one, nothing is shown.
         self.maybe_bare = self.parse_tools and not self.forced
+        #: the grammar the engine decodes under (set by ``build_prompt(constrain=True)``; None = free decoding)
+        self.constraint: OutputConstraint | None = None
 
     def feed(self, piece: str) -> Parsed:
         self.buf += piece
@@ -93,8 +96,9 @@ class OutputParser:
             self.buf = self.buf[len(self.buf) - hold:]
             return out
 
-    def _bare_check(self) -> tuple[str, ToolCall | None, str]:
-        """("pending" | "call" | "text", the call, text after it) for a reply that may be a bare call."""
+    def _bare_check(self, final: bool = False) -> tuple[str, ToolCall | None, str]:
+        """("pending" | "call" | "text", the call, text after it) for a reply that may be a bare call.
+        A fenced call waits for its closing fence (or the end, ``final``), so the fence is never shown."""
         head = self.buf.lstrip()
         if not head:
             return "pending", None, ""
@@ -113,9 +117,11 @@ class OutputParser:
         call = parse_tool_call(head[:end], self.tools) if end > 0 else None
         if call is None:
             return "text", None, ""
-        rest = head[end:]
+        rest = head[end:].lstrip()
         if fenced:
-            rest = rest.lstrip().removeprefix("```")
+            if not final and not rest.startswith("```") and "```".startswith(rest):
+                return "pending", None, ""
+            rest = rest.removeprefix("```").lstrip()
         return "call", call, rest
 
     def _advance_call(self, out: Parsed) -> bool:
@@ -171,7 +177,13 @@ class OutputParser:
     def finish(self) -> Parsed:
         """End of generation: flush held-back text; an open call is parsed (or repaired when forced)."""
         out = Parsed()
-        self.maybe_bare = False
+        if self.maybe_bare:
+            self.maybe_bare = False
+            state, call, rest = self._bare_check(final=True)
+            if call is not None:
+                out.calls.append(call)
+                self.n_calls += 1
+                self.buf = rest
         if self.call_body is not None:
             body = self.call_body + self.buf
             self.call_body, self.buf = None, ""

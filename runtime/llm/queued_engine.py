@@ -53,6 +53,9 @@ class QueuedChatEngine:
     ``_job(ids, request, parser, prepare)``."""
 
     vision = None
+    #: whether the engine decodes under the request's grammar (``OutputParser.constraint``, see
+    #: :mod:`runtime.llm.tool_constraint`); False = tool calls and JSON are left to the model and the parser
+    constrains_output = False
     _queue: "queue.Queue"
     _closed: bool
 
@@ -61,7 +64,8 @@ class QueuedChatEngine:
         The prompt is rendered, tokenized and its images decoded in a worker thread: the loop is for I/O."""
         ids, parser, prepare = await asyncio.to_thread(build_prompt, request, self.format, self.tokenizer,
                                                        self.model_id, self.vision,
-                                                       max_prompt_tokens=self.max_prompt_tokens)
+                                                       max_prompt_tokens=self.max_prompt_tokens,
+                                                       constrain=self.constrains_output)
         async for delta in self._consume(self._job(ids, request, parser, prepare)):
             yield delta
 

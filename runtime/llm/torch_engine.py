@@ -37,7 +37,9 @@ from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
 from runtime.llm.queued_engine import QueuedChatEngine, QueuedJob, checked_sampling
 from runtime.llm.output_stream import OutputStream
+from runtime.llm import tool_masks
 from runtime.llm.tokenizer import TextTokenizer
+from runtime.llm.tool_masks import SlotGrammars
 from runtime.llm.scheduler import Admission, SlotScheduler
 from runtime.sampling import SamplingParams
 
@@ -96,6 +98,17 @@ class TorchChatEngine(QueuedChatEngine):
         cap = min(options.capacity, model.config.max_seq_len)
         self.engine = DecodeEngine(model, batch=options.slots, capacity=cap, n_draft=options.n_draft,
                                    seed=options.seed)
+        #: tool calls / JSON output decoded under their grammar (runtime.llm.tool_masks): plain decoding with
+        #: the llguidance package installed; otherwise left to the model and the parser, as before
+        self.grammars: SlotGrammars | None = None
+        if options.n_draft == 0 and tool_masks.available():
+            try:
+                self.grammars = SlotGrammars(tokenizer, options.slots)
+            except Exception:
+                log.exception("llguidance could not load this tokenizer; tool calls and JSON are not constrained")
+            else:
+                model.logits = self.grammars.wrap_logits(model.logits)
+        self.constrains_output = self.grammars is not None
         self.scheduler: SlotScheduler[_Job] = SlotScheduler(options.slots, self._reusable)
         self._queue: "queue.Queue[_Job | None]" = queue.Queue()
         self._closed = False
@@ -175,6 +188,9 @@ class TorchChatEngine(QueuedChatEngine):
             if job.prepare is not None:
                 job.prepare()
             self._set_bucket(extra=len(job.prompt) + 1)
+            if self.grammars is not None:
+                self.grammars.start(slot, job.output.parser.constraint)
+                self.grammars.prefilling = slot
             first = eng.extend(slot, job.prompt[reuse:], chunk=self.options.prefill_chunk)
         except Exception as exc:
             log.exception("prefill failed")
@@ -182,6 +198,8 @@ class TorchChatEngine(QueuedChatEngine):
             self._release(slot, keep_cache=False)
             return
         finally:
+            if self.grammars is not None:
+                self.grammars.prefilling = None
             if self.vision is not None:
                 self.vision.clear()
         self._emit(job, [first])
@@ -205,6 +223,8 @@ class TorchChatEngine(QueuedChatEngine):
 
     def _emit(self, job: _Job, tokens: Sequence[int]) -> None:
         """Hand ``tokens`` (just decoded for ``job``) to its output stream and its client; finish if due."""
+        if self.grammars is not None:
+            self.grammars.advance(job.slot, tokens)     # before the next step computes this slot's mask
         emission = job.output.push(tokens)
         self.stats["tokens"] += emission.used
         if emission.text:
@@ -222,6 +242,8 @@ class TorchChatEngine(QueuedChatEngine):
 
     def _release(self, slot: int, keep_cache: bool) -> None:
         eng = self.engine
+        if self.grammars is not None:
+            self.grammars.stop(slot)
         if keep_cache:
             # Parked at length 0 with greedy params (bucket views never need its old positions, and a
             # finished sampling request does not keep the batch on the sampling path); the cache stays.
