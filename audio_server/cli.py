@@ -16,11 +16,11 @@ def _serve(args) -> int:
 
     try:
         settings = Settings.from_env(host=args.host, port=args.port, preset=args.preset, asr_model=args.asr_model,
-                                     pipeline=args.pipeline)
+                                     pipeline=args.pipeline, checkpoint=args.checkpoint)
     except ValueError as exc:
         print(f"voxline: {exc}", file=sys.stderr)
         return 2
-    if settings.preset != "embedded" and settings.pipeline == "cascade":
+    if settings.preset == "tiny" and settings.pipeline == "cascade":
         print(f"preset {settings.preset!r} is not served by the cascade; use --preset embedded, or "
               "--pipeline unified --preset tiny", file=sys.stderr)
         return 2
@@ -30,7 +30,13 @@ def _serve(args) -> int:
         return 2
     t0 = time.perf_counter()
     app = create_app(settings, preload=False)
-    if settings.pipeline == "unified":
+    if settings.pipeline == "step-audio":
+        print(f"voxline: loading the Step-Audio 2 checkpoint {settings.checkpoint} (realtime, transcription and "
+              "speech from one model)...", flush=True)
+        app.state.hub.vad()
+        app.state.hub.step_audio2().default_voice()
+        llm_name = f"step-audio-2 ({settings.checkpoint})"
+    elif settings.pipeline == "unified":
         print("voxline: realtime sessions run the UNIFIED pipeline with the tiny preset: random weights, so the "
               "answers are noise-like audio (mechanics, not speech quality)", flush=True)
         app.state.hub.vad()
@@ -200,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--preset", default=None, help="embedded (default), tiny, step-audio")
     serve.add_argument("--asr-model", default=None, help="whisper-base (default) or whisper-tiny.en")
+    serve.add_argument("--checkpoint", default=None,
+                       help="the step-audio preset's checkpoint directory (official Step-Audio 2 layout)")
     serve.add_argument("--pipeline", default=None, choices=("cascade", "unified"),
                        help="realtime responses: cascade (default; ASR -> LLM -> TTS) or unified (audio LLM; "
                             "--preset tiny)")

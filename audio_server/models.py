@@ -24,6 +24,7 @@ TTS_MODEL = "piper-joe"
 TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 #: realtime sessions accept any model name that is not a chat model id (realtime.engine_provider); these are
 #: the ones OpenAI's clients send by default
+STEP_AUDIO2_ASR = "step-audio-2"  # the step-audio preset's transcription model (its LLM with the ASR prompt)
 REALTIME_ALIASES = ("gpt-realtime", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview")
 
 
@@ -47,6 +48,7 @@ class ModelHub:
         self._tts = None
         self._vad = None
         self._unified = None
+        self._step_audio2 = None
 
     # ---- what realtime sessions read (realtime.hub.RealtimeModels) ----------------------------------------
     @property
@@ -68,6 +70,10 @@ class ModelHub:
     def asr(self, name: str | None = None):
         from asr.whisper_asr import WhisperASR
 
+        if name == STEP_AUDIO2_ASR:
+            from audio_server.step_audio2_modes import StepAudio2Transcriber
+
+            return StepAudio2Transcriber(self.step_audio2())
         name = name or self.settings.asr_model
         with self._lock:
             model = self._asr.get(name)
@@ -82,6 +88,10 @@ class ModelHub:
     def tts(self):
         from tts.piper_tts import PiperTTS
 
+        if self.settings.preset == "step-audio":
+            from audio_server.step_audio2_modes import StepAudio2Speaker
+
+            return StepAudio2Speaker(self.step_audio2())
         with self._lock:
             if self._tts is None:
                 t0 = time.perf_counter()
@@ -120,12 +130,27 @@ class ModelHub:
                 log.info("built the tiny unified stack (random weights) in %.2fs", time.perf_counter() - t0)
             return self._unified
 
+    def step_audio2(self):
+        """The step-audio preset's Step-Audio 2 stack (LLM + encoder, token2wav, S3, CAM++, one stepping loop),
+        loaded once from `settings.checkpoint` and shared by realtime sessions, transcription and speech."""
+        from realtime.step_audio2_stack import StepAudio2Options, StepAudio2Stack
+
+        with self._lock:
+            if self._step_audio2 is None:
+                if self.settings.preset != "step-audio":
+                    raise RuntimeError("only the step-audio preset has a Step-Audio 2 model")
+                options = StepAudio2Options(slots=self.settings.step_audio_slots)
+                self._step_audio2 = StepAudio2Stack.load(self.settings.checkpoint, options)
+            return self._step_audio2
+
     def load_all(self) -> None:
         self.asr()
         self.tts()
         self.vad()
         if self.settings.pipeline == "unified":
             self.unified()
+        if self.settings.pipeline == "step-audio":
+            self.step_audio2()
 
     def model_cards(self, *, everything: bool = False) -> list[dict]:
         """What `/v1/models` lists: every name a route accepts (aliases included, each saying what it stands
@@ -164,9 +189,14 @@ class ModelHub:
         """`/v1/models/{id}`: the card of any name a route accepts (listed or test-only), else None."""
         return next((c for c in self.model_cards(everything=True) if c["id"] == model_id), None)
 
-    def resolve_asr_name(self, requested: str | None) -> str:
+    def resolve_asr_name(self, requested: str | None, batch: bool = False) -> str:
+        """The ASR model for a request's `model`; `batch` (a whole-file transcription) may pick the step-audio
+        preset's own model, which has no streaming decode (sockets and realtime turns keep Whisper)."""
         from voxcore.embedded_whisper import EMBEDDED_WHISPER
 
+        if self.settings.preset == "step-audio" and batch and (not requested or requested in ASR_ALIASES
+                                                                or requested == STEP_AUDIO2_ASR):
+            return STEP_AUDIO2_ASR
         if not requested or requested in ASR_ALIASES:
             return self.settings.asr_model
         if requested in EMBEDDED_WHISPER:

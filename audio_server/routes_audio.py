@@ -70,7 +70,7 @@ async def transcriptions(request: Request):
     if fmt not in _FORMATS:
         raise APIError(400, f"response_format must be one of {', '.join(_FORMATS)}", param="response_format")
     try:
-        model_name = hub.resolve_asr_name(_form_value(form, "model"))
+        model_name = hub.resolve_asr_name(_form_value(form, "model"), batch=True)
         options = DecodeOptions(
             # Without a language Whisper detects one, which on a few seconds of phone audio can be another
             # script's: a server that knows its callers' language says so (VOXLINE_ASR_LANGUAGE).

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 PRESETS = ("embedded", "tiny", "step-audio")
-PIPELINES = ("cascade", "unified")
+PIPELINES = ("cascade", "unified", "step-audio")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,11 @@ class Settings:
     #: realtime response pipeline: cascade (ASR → LLM → TTS) or unified (audio tokens → audio LLM with MTP →
     #: vocoder; the tiny preset only: random weights, mechanics not speech)
     pipeline: str = "cascade"
+    #: a Step-Audio 2 checkpoint directory in the official layout (config.json, shards, tokenizer files,
+    #: token2wav/): what the step-audio preset serves (its pipeline is step-audio, set with the preset)
+    checkpoint: str = ""
+    #: answers the step-audio preset decodes at once in its one stepping loop (more wait for a free slot)
+    step_audio_slots: int = 8
     #: ASR model of the preset: whisper-base (default) or whisper-tiny.en (smaller, faster)
     asr_model: str = "whisper-base"
     #: CPU threads for one CTranslate2 decode
@@ -129,6 +134,21 @@ class Settings:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"unknown pipeline {self.pipeline!r}; choose one of {', '.join(PIPELINES)}")
+        if self.preset == "step-audio":
+            if self.pipeline not in ("cascade", "step-audio"):
+                raise ValueError("the step-audio preset answers realtime sessions with its own pipeline (step-audio)")
+            object.__setattr__(self, "pipeline", "step-audio")
+            if not self.checkpoint:
+                raise ValueError("the step-audio preset needs --checkpoint DIR (a Step-Audio 2 checkpoint in the "
+                                 "official layout; nothing is downloaded)")
+            from pathlib import Path
+
+            if not Path(self.checkpoint, "config.json").is_file():
+                raise ValueError(f"--checkpoint {self.checkpoint!r} is not a checkpoint directory (no config.json)")
+            if not 1 <= self.step_audio_slots <= 256:
+                raise ValueError("step_audio_slots must be between 1 and 256")
+        elif self.pipeline == "step-audio":
+            raise ValueError("the step-audio pipeline needs the step-audio preset (--preset step-audio --checkpoint DIR)")
         if self.pipeline == "unified" and self.preset != "tiny":
             raise ValueError(f"the unified pipeline has models for the tiny preset only (random weights), not "
                              f"{self.preset!r}: use preset tiny, or pipeline cascade")

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from realtime.step_audio2_stack import StepAudio2Stack
     from realtime.unified_pipeline import UnifiedStack
 
-Pipeline = Literal["cascade", "unified"]
-PIPELINES: tuple[Pipeline, ...] = ("cascade", "unified")
+Pipeline = Literal["cascade", "unified", "step-audio"]
+PIPELINES: tuple[Pipeline, ...] = ("cascade", "unified", "step-audio")
 
 
 class VoiceActivity(Protocol):
@@ -85,5 +86,11 @@ class UnifiedModels(SessionModels, Protocol):
     def unified(self) -> UnifiedStack: ...
 
 
-class RealtimeModels(CascadeModels, UnifiedModels, Protocol):
+class StepAudioModels(SessionModels, Protocol):
+    """The step-audio pipeline's one model: Step-Audio 2 (encoder, LLM, token2wav), loaded once per process."""
+
+    def step_audio2(self) -> StepAudio2Stack: ...
+
+
+class RealtimeModels(CascadeModels, UnifiedModels, StepAudioModels, Protocol):
     """A hub that can serve either pipeline (the server's `ModelHub`)."""

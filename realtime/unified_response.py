@@ -131,7 +131,10 @@ def decode_answer(unified: UnifiedSession, stack: UnifiedStack, prompt: list[int
     t0 = time.perf_counter()
 
     def may_run() -> bool:  # the loop's back-pressure: the listener is close and the vocoder keeps up
-        return not channel.stopped and channel.produced - channel.consumed <= channel.ahead and arrivals.qsize() < 4
+        if channel.stopped:  # cancelled while paused: end it, or this thread would wait for ids forever
+            gen.cancel()
+            return False
+        return channel.produced - channel.consumed <= channel.ahead and arrivals.qsize() < 4
 
     gen = Generation(prompt, on_tokens=arrivals.put, on_finish=arrivals.put, params=params, max_new=max_new,
                      stop_ids=frozenset({end}), seed=seed, may_run=may_run)

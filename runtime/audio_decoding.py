@@ -71,6 +71,12 @@ class AudioPhaseConstraint:
         self.start = torch.zeros(batch, dtype=torch.long, device=dev)
         self._rows: range | None = None
 
+    def admit(self, slot: int, start: int, constrained: bool = True) -> None:
+        """A new answer in ``slot`` starts at ``start`` (every answer on this path is audio)."""
+        if not constrained:
+            raise ValueError("the dual-codebook audio path constrains every answer")
+        self.start[slot] = start
+
     def select(self, rows: range | None) -> None:
         """The slots the next forwards cover (a one-slot prefill), or None for the whole batch."""
         self._rows = rows
@@ -100,12 +106,20 @@ class AudioOnlyLM(nn.Module):
     def config(self):
         return self.inner.config
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+    @property
+    def model(self):
+        """The wrapped backbone (its embedding table: a prefill with input vectors reads it)."""
+        return self.inner.model
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         if positions is None:
             b, t = tokens.shape
             positions = torch.arange(t, device=tokens.device).expand(b, t)
         self._positions = positions
-        return self.inner(tokens, positions, cache)
+        if inputs_embeds is None:
+            return self.inner(tokens, positions, cache)
+        return self.inner(tokens, positions, cache, inputs_embeds=inputs_embeds)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] from the last forward, or [B, D] = its last position -> masked logits."""

@@ -145,8 +145,12 @@ class DecodeEngine:
 
     @torch.no_grad()
     def extend(self, slot: int | range, tokens: Sequence[int] | torch.Tensor,
-               chunk: int | None = None) -> int | list[int]:
+               chunk: int | None = None, embeds: torch.Tensor | None = None) -> int | list[int]:
         """Feed ``tokens`` (after the slot's pending token, if any) and sample the next token.
+
+        ``embeds [S, L, D]`` (optional) are the input vectors of ``tokens`` where they are not the
+        embedding table's rows (Step-Audio 2's audio-encoder rows at ``<audio_patch>`` placeholders);
+        the ids are still stored, so the cache's token record stays complete.
 
         ``slot`` may be a range of slots in the same situation (same length, same pending state),
         with ``tokens [S, L]``: sessions that join together are prefilled in one batch.
@@ -172,11 +176,20 @@ class DecodeEngine:
                              f"with {self.n_draft} drafts; allocate a larger cache")
         st.tokens[:, start:n_end] = new
         step = chunk or (n_end - n0)
+        vectors = None
+        if embeds is not None:
+            if tuple(embeds.shape[:2]) != tuple(new.shape):
+                raise ValueError(f"embeds {tuple(embeds.shape)} do not match tokens {tuple(new.shape)}")
+            head = self.model.model.embed_tokens(st.tokens[:, n0:start])          # the pending token, if any
+            vectors = torch.cat([head, embeds.to(device=dev, dtype=head.dtype)], dim=1)  # [S, n_end - n0, D]
         hs = []
         for c0 in range(n0, n_end, step):
             c1 = min(c0 + step, n_end)
             pos = torch.arange(c0, c1, device=dev).expand(len(slots), -1)        # [S, C]
-            hs.append(self.model(st.tokens[:, c0:c1], pos, st.kv))              # [S, C, D]
+            if vectors is None:
+                hs.append(self.model(st.tokens[:, c0:c1], pos, st.kv))          # [S, C, D]
+            else:
+                hs.append(self.model(st.tokens[:, c0:c1], pos, st.kv, inputs_embeds=vectors[:, c0 - n0:c1 - n0]))
         h = torch.cat(hs, dim=1)                                                 # [S, n_end - n0, D]
         self.last_hidden = h
         logits = self.model.logits(h[:, -1])                                     # [S, V]
@@ -203,13 +216,21 @@ class DecodeEngine:
 
     # ---- the hot step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One verify step for all slots. active [B] bool (None = all).
+    def step(self, active: torch.Tensor | None = None, rows: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One verify step for all slots, or for the slots ``rows`` (a range from 0: the live ones, so a half-empty
+        batch does not pay for its empty slots). active [len(rows) or B] bool (None = all).
 
         Returns new_tokens [B, K+1] and num_new [B]: slot b emitted ``new_tokens[b, :num_new[b]]``
         (inactive slots emit nothing and keep their state). No host sync happens in here.
         """
-        st, k, cap = self.state, self.n_draft, self.capacity
+        k, cap = self.n_draft, self.capacity
+        if rows is None or (rows.start == 0 and rows.stop == self.batch):
+            st, sampler, rejection = self.state, self.sampler, self.rejection_verifier
+        else:
+            if rows.start != 0 or rows.step != 1 or not 0 < rows.stop <= self.batch:
+                raise ValueError(f"rows must be range(0, n) with 0 < n <= {self.batch}, got {rows}")
+            st, sampler = self.state.slots(0, rows.stop), self.sampler.view(0, rows.stop)
+            rejection = RejectionVerifier(sampler)
         b = st.batch
         if active is None:
             active = torch.ones(b, dtype=torch.bool, device=st.tokens.device)
@@ -219,10 +240,10 @@ class DecodeEngine:
         h = self.step_forward(vtok, vpos, st.kv)                              # [B, K+1, D]
         self.last_hidden = h
         logits = self.model.logits(h)                                         # [B, K+1, V]
-        if self.sampler.all_greedy:   # host-side flag: decided per configuration, not per step
+        if sampler.all_greedy:   # host-side flag: decided per configuration, not per step
             n_acc, nxt = self.greedy_verifier(logits, vtok[:, 1:], None, self.generator)
         else:
-            n_acc, nxt = self.rejection_verifier(logits, vtok[:, 1:], st.draft_probs, self.generator)
+            n_acc, nxt = rejection(logits, vtok[:, 1:], st.draft_probs, self.generator)
         num_new = torch.where(active, n_acc + 1, torch.zeros_like(n_acc))    # [B]
         bpos = (n + n_acc + 1).clamp(max=cap - 1)[:, None]
         nxt = torch.where(active, nxt, st.tokens.gather(1, bpos)[:, 0])      # inactive: unchanged
@@ -239,7 +260,7 @@ class DecodeEngine:
             win_h = st.hidden.gather(1, (wpos % ring)[..., None].expand(b, 2 * k, h.shape[-1]))
             last = (n_new - 1 - s).clamp(min=0)   # proposal index; only inactive K=1 slots clamp
             win = DraftWindow(win_h, wpos, last, n_new, active, range(b))
-            self.drafter(self.model, st, self.sampler, win, self.generator)
+            self.drafter(self.model, st, sampler, win, self.generator)
         return new_tokens, num_new
 
 

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -29,14 +30,17 @@ from runtime.sampling import GREEDY, SamplingParams
 log = logging.getLogger(__name__)
 
 
-class SlotSelector:
-    """What a per-slot logits constraint exposes to the loop: which slots the next forward covers and where
-    each slot's answer starts (e.g. :class:`runtime.audio_decoding.AudioPhaseConstraint`)."""
+class SlotSelector(Protocol):
+    """What a per-slot logits constraint exposes to the loop (:class:`runtime.audio_decoding.AudioPhaseConstraint`,
+    :class:`runtime.step_audio2.answer.SpeechAnswerConstraint`)."""
 
-    start: torch.Tensor  # [B] position of each slot's first answer id
+    def admit(self, slot: int, start: int, constrained: bool) -> None:
+        """A new answer in `slot` starts at position `start`; `constrained` False lets it run free."""
+        ...
 
-    def select(self, rows: range | None) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def select(self, rows: range | None) -> None:
+        """The slots the next forwards cover (a one-slot prefill), or None for the whole batch."""
+        ...
 
 
 @dataclass(eq=False)
@@ -52,6 +56,10 @@ class Generation:
     stop_ids: frozenset[int] = frozenset()
     seed: int = 0
     may_run: Callable[[], bool] = lambda: True
+    #: [len(prompt), D] input vectors of the prompt where they are not embedding rows (audio-encoder output at
+    #: Step-Audio 2's <audio_patch> placeholders); None: the ids' own embeddings
+    prompt_embeds: torch.Tensor | None = field(default=None, repr=False)
+    constrained: bool = True  # under the loop's constraint (a spoken answer); False: free (ASR, text chat)
     produced: int = 0
     steps: int = 0  # verify steps this generation took part in (after its prefill)
     step_tokens: int = 0  # ids those steps committed
@@ -72,6 +80,7 @@ class SlotLoop:
         self._live: dict[int, Generation] = {}  # slot -> generation
         self._cond = threading.Condition()
         self._idle_wait_s = idle_wait_s
+        self._compact = engine.state.tokens.device.type == "cpu"
         self._thread: threading.Thread | None = None
         self._closed = False
         # what tests and benchmarks read: the loop is one thread, and how full its steps were
@@ -102,12 +111,16 @@ class SlotLoop:
         with self._cond:
             self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Cancel every waiting and live generation and let the thread leave (waits up to `timeout_s`)."""
         with self._cond:
             self._closed = True
             for gen in [*self._waiting, *list(self._live.values())]:
                 gen.cancel()
             self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     # ---- the loop thread -------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -143,10 +156,11 @@ class SlotLoop:
                 eng.generator.manual_seed(gen.seed)
             eng.reset(slot, gen.params)
             if self.constraint is not None:
-                self.constraint.start[slot] = len(gen.prompt)
+                self.constraint.admit(slot, len(gen.prompt), gen.constrained)
                 self.constraint.select(range(slot, slot + 1))
             try:
-                first = eng.extend(slot, list(gen.prompt))
+                embeds = None if gen.prompt_embeds is None else gen.prompt_embeds[None]
+                first = eng.extend(slot, list(gen.prompt), embeds=embeds)
             finally:
                 if self.constraint is not None:
                     self.constraint.select(None)
@@ -166,16 +180,25 @@ class SlotLoop:
         run = [b for b in run if b in self._live]
         if not run:
             return
-        active = torch.zeros(eng.batch, dtype=torch.bool)
+        # Answers take the lowest free slots, so the live ones sit at the front: on a CPU, where a step costs what
+        # its batch computes, step only up to the last live slot. (A GPU step costs about the same at any batch.)
+        top = max(self._live) + 1
+        rows = range(0, top) if self._compact and top < eng.batch else None
+        active = torch.zeros(top if rows else eng.batch, dtype=torch.bool)
         active[run] = True
+        if self.constraint is not None:
+            self.constraint.select(rows)
         try:
-            new, num = eng.step(active.to(eng.state.tokens.device))
+            new, num = eng.step(active.to(eng.state.tokens.device), rows=rows)
             new_l, num_l = new.tolist(), num.tolist()  # the loop's one host sync per step
         except Exception:
             log.exception("[%s] decode step failed", self.name)
             for b in list(self._live):
                 self._end(b, self._live[b], "error")
             return
+        finally:
+            if self.constraint is not None:
+                self.constraint.select(None)
         eng.commit(num_l)
         self.steps += 1
         self.slot_steps += len(run)

@@ -1,7 +1,8 @@
 """Response backends: one small protocol (`base.ResponseBackend`), one implementation per pipeline.
 
 - `cascade.CascadeBackend` — Whisper → the shared chat engine → Piper;
-- `unified.UnifiedBackend` — dual-codebook tokens → the audio LLM (MTP) → the streaming vocoder.
+- `unified.UnifiedBackend` — dual-codebook tokens → the audio LLM (MTP) → the streaming vocoder;
+- `step_audio2.StepAudio2Backend` — audio-encoder rows → Step-Audio 2 → streaming token2wav.
 
 `new_backend` is the one place that picks one, from the hub's `pipeline`. Importing this package loads
 neither (each pulls in its models' code).
@@ -19,8 +20,12 @@ def new_backend(session_id: str, models: RealtimeModels, engine, options):
         from realtime.backends.unified import UnifiedBackend
 
         return UnifiedBackend(session_id, models.unified, options)
+    if models.pipeline == "step-audio":
+        from realtime.backends.step_audio2 import StepAudio2Backend
+
+        return StepAudio2Backend(session_id, models.step_audio2, options)
     if models.pipeline == "cascade":
         from realtime.backends.cascade import CascadeBackend
 
         return CascadeBackend(session_id, models, engine, options)
-    raise ValueError(f"unknown pipeline {models.pipeline!r}; choose cascade or unified")
+    raise ValueError(f"unknown pipeline {models.pipeline!r}; choose cascade, unified or step-audio")
