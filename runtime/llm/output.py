@@ -60,10 +60,14 @@ class OutputParser:
         self.maybe_bare = self.parse_tools and not self.forced
         #: the grammar the engine decodes under (set by ``build_prompt(constrain=True)``; None = free decoding)
         self.constraint: OutputConstraint | None = None
+        #: JSON asked for from an engine that cannot constrain: a markdown fence around it is taken off
+        self.unfence = False
 
     def feed(self, piece: str) -> Parsed:
         self.buf += piece
         out = Parsed()
+        if self.unfence and not self._unfenced():
+            return out
         if self.maybe_bare:
             state, call, rest = self._bare_check()
             if state == "pending":
@@ -95,6 +99,20 @@ class OutputParser:
             out.text += self.buf[:len(self.buf) - hold]
             self.buf = self.buf[len(self.buf) - hold:]
             return out
+
+    def _unfenced(self, final: bool = False) -> bool:
+        """``unfence``: drop an opening ```` ```json ```` line (the closing fence then ends the output, as a stop
+        string); False while the reply could still be opening one."""
+        head = self.buf.lstrip()
+        if head.startswith("```"):
+            if "\n" not in head and not final:
+                return False
+            self.buf = head.split("\n", 1)[1] if "\n" in head else ""
+            self.stop += ("```",)
+        elif not final and (not head or "```".startswith(head)):
+            return False
+        self.unfence = False
+        return True
 
     def _bare_check(self, final: bool = False) -> tuple[str, ToolCall | None, str]:
         """("pending" | "call" | "text", the call, text after it) for a reply that may be a bare call.
@@ -177,6 +195,10 @@ class OutputParser:
     def finish(self) -> Parsed:
         """End of generation: flush held-back text; an open call is parsed (or repaired when forced)."""
         out = Parsed()
+        if self.unfence:
+            self._unfenced(final=True)
+            if self.buf.rstrip().endswith("```"):
+                self.buf = self.buf.rstrip()[:-3]
         if self.maybe_bare:
             self.maybe_bare = False
             state, call, rest = self._bare_check(final=True)

@@ -96,6 +96,7 @@ def build_prompt(request: ChatRequest, fmt: ChatFormat, tokenizer, model_id: str
         pieces.append(TOOL_OPEN + "\n" + forced)
     parser = OutputParser(stop=request.stop, tools=tools, parse_tools=bool(tools), forced_prefix=forced)
     parser.constraint = constraint
+    parser.unfence = request.json_schema is not None and constraint is None and not tools
     ids = tokenizer.encode_pieces(pieces)
     check_prompt_tokens(len(ids), max_prompt_tokens)
     return ids, parser, prepare

@@ -8,8 +8,8 @@ package) to the language of :class:`OutputConstraint`:
 * ``tools`` (``tool_choice: "auto"``): plain text, or text followed by one or more
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (Qwen2.5's tool format), or one bare
   or ```json-fenced call object, the JSON always valid against the offered tools' schemas. Plain text may
-  not start with ``{``, ``<`` or a code fence and never holds ``<tool_call>`` or ``{"``, so a call can only
-  be written as a call.
+  not start with ``{`` or a code fence and never holds ``<`` or ``{"``, so a call can only be written as a
+  call.
 * ``text``: ``auto`` right after tool results (a ``role: tool`` message / ``function_call_output`` item is
   the last one): that turn answers from the results instead of calling again. Measured on the 0.5B model,
   any call allowed there (even of another tool) made it call again or babble; a client that wants a chained
@@ -31,9 +31,10 @@ from typing import Sequence
 from runtime.chat_api import ChatMessage, ToolSpec
 
 KINDS = ("tools", "text", "call", "json")
-#: Plain text: not starting like a call (``{``, ``<``, a code fence) or with whitespace, and never holding a call
-#: tag or a JSON object's opening (``{"``): the 0.5B model otherwise writes its call as text after a ``(``.
-_PLAIN = ("PLAIN: /[^{<`\\s](?s:.)*/ & ~/(?s:.*)<tool_call>(?s:.*)/ & ~/(?s:.*)\\{\\s*[\"'](?s:.*)/")
+#: Plain text: not starting like a call (``{``, ``<``, a code fence) or with whitespace, with no ``<`` at all (the
+#: lexer does not backtrack: text that could run into ``<tool_call`` would strand a call after it) and no JSON
+#: object's opening (``{"``: the 0.5B model otherwise writes its call as text after a ``(``).
+_PLAIN = ("PLAIN: /[^{<`\\s][^<]*/ & ~/(?s:.*)\\{\\s*[\"'](?s:.*)/")
 _WS = r"WS: /[ \t\r\n]+/"
 
 
