@@ -179,6 +179,10 @@ class ModelHub:
         cards += [card(alias, "realtime", f"alias: realtime sessions answer with the default chat model ({served})",
                        alias_of=served) for alias in REALTIME_ALIASES]
         cards.append(card("silero-vad", "vad", "Silero VAD (ONNX)"))
+        if self.settings.preset == "step-audio":
+            where = f"the Step-Audio 2 checkpoint {self.settings.checkpoint}"
+            cards.append(card(STEP_AUDIO2_ASR, "asr", f"transcription by {where} (the default here)"))
+            cards.append(card("step-audio-2-realtime", "realtime", f"speech-to-speech sessions on {where}"))
         if self.settings.pipeline == "unified":
             cards.append(card("voxline-unified-tiny", "realtime", "unified audio LLM pipeline (dual-codebook "
                               "tokenizer, MTP audio LLM, streaming vocoder), tiny preset with random weights: "

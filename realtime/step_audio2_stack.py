@@ -172,13 +172,14 @@ class StepAudio2Stack:
         return self.token2wav.stream(self.default_voice())
 
     # ---- blocking modes for the HTTP routes (run on the model pool) ---------------------------------------
-    def generate_ids(self, prompt: Prompt, *, spoken: bool, params: SamplingParams = GREEDY) -> Iterator[list[int]]:
+    def generate_ids(self, prompt: Prompt, *, spoken: bool, params: SamplingParams = GREEDY,
+                     max_new: int | None = None) -> Iterator[list[int]]:
         """The generation's ids as the loop produces them (blocking iterator; closing it cancels)."""
         import queue
 
         arrivals: queue.SimpleQueue[list[int] | str] = queue.SimpleQueue()
         gen = self.submit(prompt, spoken=spoken, on_tokens=arrivals.put, on_finish=arrivals.put, params=params,
-                          may_run=lambda: arrivals.qsize() < 8)
+                          max_new=max_new, may_run=lambda: arrivals.qsize() < 8)
         try:
             while not isinstance(item := arrivals.get(), str):
                 self.loop.wake()
@@ -198,7 +199,10 @@ class StepAudio2Stack:
     def speak(self, text: str, params: SamplingParams = GREEDY) -> Iterator[np.ndarray]:
         """TTS (SPEC2 §2 task prompt): int16 PCM at 24 kHz, a chunk per completed flow chunk."""
         stream = self.speech_stream()
-        for chunk in self.generate_ids(tts_prompt(text, self.text), spoken=True, params=params):
+        # A trained model ends the speech itself; this bounds a runaway one by the text's length: speech runs at
+        # ~3 text tokens/s and 25 codes/s, ~10 answer ids per text token in the 1:4 layout; 40 is 4x that, +4 s.
+        budget = min(self.options.max_spoken_ids, 125 + 40 * len(self.text.encode(text)))
+        for chunk in self.generate_ids(tts_prompt(text, self.text), spoken=True, params=params, max_new=budget):
             codes = [t - self.special.audio_first for t in chunk if self.special.is_audio(t)]
             for pcm in stream.push(codes):
                 yield pcm

@@ -131,7 +131,7 @@ def test_no_frame_no_token(model, io):
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="torch.onnx.export needs the `onnx` package, not installed "
-                                         "(pip install onnx==1.23.1)")
+                                         "(pip install onnx==1.23.2, the test extra)")
 def test_onnx_file_runs_behind_the_same_interface(tmp_path, model, io):
     """Our tiny model exported the way the release ships it (inputs feats [B,128,T] float, feats_length [B] int32;
     codes [B, T']), then loaded through load_s3_tokenizer(.onnx): the same tokens."""

@@ -108,7 +108,7 @@ def test_loader_errors(weights_path, config_path, model):
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="torch.onnx.export needs the `onnx` package, not installed "
-                                         "(pip install onnx==1.23.1)")
+                                         "(pip install onnx==1.23.2, the test extra)")
 def test_onnx_file_runs_behind_the_same_interface(tmp_path, model, io):
     """Exported with the layout s3tokenizer's ONNX test reads from speech_tokenizer_v1.onnx (codes [1, 1, T']) and an
     int64 length input, to exercise the runner's reshaping and length cast."""
