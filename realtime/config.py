@@ -35,8 +35,30 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Eagerness:
+    """semantic_vad at one eagerness: end at a short pause when P(complete) ≥ `threshold`, else at `max_silence_ms`."""
+
+    threshold: float
+    max_silence_ms: int
+
+
+#: high ends soonest (a likely-complete turn at the first pause, and any pause past 600 ms); low lets the speaker
+#: think (only a turn the model is sure of ends early, and a pause must reach 2 s). medium (= auto, OpenAI's
+#: default) waits past the 300–700 ms pauses people make inside a question. Thresholds from bench/smart_turn.py:
+#: complete sentences score 0.85–0.99 at the pause, the same audio cut mid-word a median 0.1–0.8.
+SEMANTIC_EAGERNESS = {
+    "high": Eagerness(threshold=0.5, max_silence_ms=600),
+    "medium": Eagerness(threshold=0.8, max_silence_ms=1000),
+    "auto": Eagerness(threshold=0.8, max_silence_ms=1000),
+    "low": Eagerness(threshold=0.95, max_silence_ms=2000),
+}
+
+
+@dataclass(frozen=True)
 class TurnDetection:
-    """`server_vad` (or `semantic_vad`, approximated by a silence length chosen from `eagerness`)."""
+    """`server_vad` (a turn ends after `silence_duration_ms` of silence) or `semantic_vad` (Smart Turn decides at
+    the first short pause whether the turn sounds complete; `eagerness` picks how sure it must be and how long a
+    silence ends the turn anyway — see `SEMANTIC_EAGERNESS`)."""
 
     type: str = "server_vad"
     threshold: float = 0.5
@@ -63,9 +85,15 @@ class TurnDetection:
 
     @property
     def effective_silence_ms(self) -> int:
-        if self.type == "semantic_vad":  # no semantic model here: eagerness picks how long a pause ends a turn
-            return {"low": 1200, "medium": 700, "auto": 700, "high": 400}[self.eagerness]
+        """The silence that ends a turn whatever the turn model said (for semantic_vad: the eagerness's longest wait)."""
+        if self.type == "semantic_vad":
+            return SEMANTIC_EAGERNESS[self.eagerness].max_silence_ms
         return self.silence_duration_ms
+
+    @property
+    def completion_threshold(self) -> float | None:
+        """semantic_vad: the Smart Turn probability at a short pause that ends the turn there (None: server_vad)."""
+        return SEMANTIC_EAGERNESS[self.eagerness].threshold if self.type == "semantic_vad" else None
 
     def to_wire(self) -> dict:
         out: dict = {"type": self.type, "create_response": self.create_response,

@@ -9,19 +9,34 @@ model) with `SpeechSegmenter`'s hysteresis and reports typed events:
 - `SpeechPaused(start, end)` — `speculative_ms` of silence inside speech: a good moment to start
   transcribing speculatively; if the silence lasts, the turn ends at the same `end`;
 - `SpeechStopped(start, end)` — `silence_duration_ms` of silence: the turn is over.
+
+`semantic_vad` (Smart Turn, `asr.smart_turn`): at each `SpeechPaused` the detector asks the turn model, on one
+shared worker thread, whether the turn so far (its last 8 s, with the pause's silence) sounds complete. The answer
+is read at a later `push` (the next 20 ms append, usually); if it clears the eagerness's threshold and the speaker
+is still silent at the same `end`, `SpeechStopped(start, end)` comes now — the same span `SpeechPaused` announced,
+so a speculative transcription of it is reused. Otherwise the silence rule ends the turn at the eagerness's
+longest wait. A turn model is injected (`turn_model=`, or a `turn_model` attribute of the VAD object) or is the
+installed Smart Turn; without one (package missing) semantic_vad keeps only its silence rule and says so once.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from asr.sample_buffer import SampleBuffer
+from asr.smart_turn import WINDOW as TURN_MODEL_WINDOW
+from asr.smart_turn import SmartTurn
 from asr.vad import FRAME, SpeechSegmenter, VADConfig
 from realtime.audio import INTERNAL_RATE
 from realtime.config import TurnDetection
+
+log = logging.getLogger(__name__)
 
 SPECULATIVE_MS = 160  # silence after which a transcription starts speculatively
 TAIL_MS = 150  # audio kept after the end of speech in a committed turn (soft word endings)
@@ -98,11 +113,32 @@ class InputBuffer:
         return None
 
 
+_executor_lock = threading.Lock()
+_shared_executor: ThreadPoolExecutor | None = None
+_unavailable_logged = False
+
+
+def turn_model_executor() -> ThreadPoolExecutor:
+    """The one thread every session's turn-model decisions run on (in order; each is one core for ~10–80 ms)."""
+    global _shared_executor
+    with _executor_lock:
+        if _shared_executor is None:
+            _shared_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
+        return _shared_executor
+
+
+def _completion_probability(model, audio: np.ndarray) -> float:
+    """On the worker thread: the injected model, or the installed Smart Turn (loaded by the first call)."""
+    return (model if model is not None else SmartTurn.shared()).probability(audio)
+
+
 class TurnDetector:
     """Server VAD over the session timeline. `vad` is anything with `.stream()` → object with `.feed(audio)`
-    returning one speech probability per 512-sample frame (Silero's VADStream, or a test double)."""
+    returning one speech probability per 512-sample frame (Silero's VADStream, or a test double). For
+    semantic_vad, `turn_model` has `.probability(audio_16k) -> float`; `executor` runs it (default: one shared
+    worker thread, so the event loop never waits for the model)."""
 
-    def __init__(self, vad, config: TurnDetection, origin: int):
+    def __init__(self, vad, config: TurnDetection, origin: int, turn_model=None, executor: Executor | None = None):
         self.config = config
         self.origin = origin  # sample index where this detector's first frame starts
         self.stream = vad.stream()
@@ -111,6 +147,17 @@ class TurnDetector:
                                                    silence_duration_ms=config.effective_silence_ms))
         self.speech_start: int | None = None
         self._speculated_end: int | None = None
+        self._floor = origin  # a new turn never starts inside audio an earlier turn committed
+        # semantic_vad: the turn model, the last seconds of audio it may hear, and the decision in flight
+        self.threshold = config.completion_threshold
+        self.last_probability: float | None = None  # the latest answer (benchmarks, logs)
+        self._model = turn_model if turn_model is not None else getattr(vad, "turn_model", None)
+        self._executor = executor
+        self._history = SampleBuffer(TURN_MODEL_WINDOW + INTERNAL_RATE)
+        self._history_end = origin  # sample index just past the newest audio held in _history
+        self._decision: tuple[int, Future] | None = None  # (the pause's end, P(complete) being computed)
+        if self.threshold is not None and self._model is None:
+            self._pool().submit(SmartTurn.shared)  # load the model now, off the loop, not at the first pause
 
     @property
     def in_speech(self) -> bool:
@@ -119,23 +166,90 @@ class TurnDetector:
     def _sample(self, seconds: float) -> int:
         return self.origin + int(round(seconds * INTERNAL_RATE))
 
+    def _pool(self) -> Executor:
+        return self._executor if self._executor is not None else turn_model_executor()
+
     def push(self, audio: np.ndarray) -> list[TurnEvent]:
+        if self.threshold is not None:
+            self._remember(audio)
         events: list[TurnEvent] = []
         for e in self.segmenter.push(self.stream.feed(audio)):
             if e.kind == "start":
-                self.speech_start = max(self.origin, self._sample(e.time))
+                self.speech_start = max(self.origin, self._floor, self._sample(e.time))
                 self._speculated_end = None
+                self._decision = None
                 events.append(SpeechStarted(self.speech_start))
             elif self.speech_start is not None:
                 events.append(SpeechStopped(self.speech_start, self._sample(e.time)))
                 self.speech_start = None
+                self._decision = None
         seg = self.segmenter
         if self.speech_start is not None and seg.silence_frames * FRAME * 1000 / INTERNAL_RATE >= SPECULATIVE_MS:
-            end = self.origin + (seg.frames_seen - seg.silence_frames) * FRAME
+            end = self._speech_end()
             if end != self._speculated_end:
                 self._speculated_end = end
                 events.append(SpeechPaused(self.speech_start, end))
+                if self.threshold is not None:
+                    self._ask(self.speech_start, end)
+        if self._decision is not None and self._decision[1].done():
+            events += self._decided()
         return events
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the decision in flight (if any) has its answer; the next `push` acts on it. For tests and
+        offline runs that feed audio faster than real time."""
+        if self._decision is not None:
+            try:
+                self._decision[1].result(timeout)
+            except Exception:  # reported by `_decided`
+                pass
+
+    def _speech_end(self) -> int:
+        seg = self.segmenter
+        return self.origin + (seg.frames_seen - seg.silence_frames) * FRAME
+
+    def _remember(self, audio: np.ndarray) -> None:
+        self._history.append(audio)
+        self._history_end += len(audio)
+        excess = len(self._history) - TURN_MODEL_WINDOW
+        if excess > INTERNAL_RATE:  # trim in 1 s steps, not on every append
+            self._history.drop(excess)
+
+    def _ask(self, start: int, end: int) -> None:
+        """P(complete) of the turn so far: from its start (at most the model's 8 s) to now, pause included."""
+        held_from = self._history_end - len(self._history)
+        audio = self._history.view(max(start, held_from) - held_from).copy()
+        self._decision = (end, self._pool().submit(_completion_probability, self._model, audio))
+
+    def _decided(self) -> list[TurnEvent]:
+        global _unavailable_logged
+        assert self._decision is not None and self.threshold is not None
+        end, future = self._decision
+        self._decision = None
+        try:
+            self.last_probability = p = future.result()
+        except Exception as exc:
+            if not _unavailable_logged:
+                _unavailable_logged = True
+                log.warning("semantic_vad has no turn model (%s): turns end on silence alone", exc)
+            return []
+        # Only while the speaker is still silent after the same word: speech since the pause moves the end on.
+        if self.speech_start is None or p < self.threshold or self._speech_end() != end \
+                or self.segmenter.silence_frames == 0:
+            return []
+        stopped = SpeechStopped(self.speech_start, end)
+        self._end_turn_early(end)
+        return [stopped]
+
+    def _end_turn_early(self, end: int) -> None:
+        """The turn ended before the silence rule did: the segmenter starts over (so the next word opens a new
+        turn), on the same clock, and the next turn's prefix padding cannot reach back into this one's tail."""
+        fresh = SpeechSegmenter(self.segmenter.config)
+        fresh.frames_seen = self.segmenter.frames_seen
+        self.segmenter = fresh
+        self.speech_start = None
+        self._speculated_end = None
+        self._floor = end + TAIL_MS * INTERNAL_RATE // 1000
 
     def keep_from(self) -> int:
         """The earliest sample the buffer must keep: the speech start, or what prefix padding can reach."""
