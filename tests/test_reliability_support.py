@@ -48,7 +48,7 @@ class FakeHub(FakeModels):
     def llm(self, name=None):
         return None
 
-    def resolve_asr_name(self, requested):
+    def resolve_asr_name(self, requested, batch=False):
         return "fake-asr"
 
     def load_all(self) -> None:

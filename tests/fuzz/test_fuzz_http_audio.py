@@ -146,7 +146,7 @@ class _Hub:
         self.settings = settings
         self.executor = ThreadPoolExecutor(2)
 
-    def resolve_asr_name(self, requested):
+    def resolve_asr_name(self, requested, batch=False):
         return "whisper-base"
 
     def asr(self, name=None):

@@ -120,7 +120,7 @@ class FakeModels:
     asr_beam_size: int = 1
     tts_executor: object = None
 
-    def resolve_asr_name(self, requested=None):
+    def resolve_asr_name(self, requested=None, batch=False):
         return requested
 
     def asr(self, name=None):

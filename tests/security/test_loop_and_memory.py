@@ -81,7 +81,7 @@ class _Hub:
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="fake-hub")
         self._asr, self._tts, self._vad = _CrashingASR(), _ToneTTS(), EnergyVAD()
 
-    def resolve_asr_name(self, requested):
+    def resolve_asr_name(self, requested, batch=False):
         return "whisper-base"
 
     def asr(self, name=None):

@@ -68,7 +68,7 @@ class _Hub:
         self.settings = settings
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="fake-hub")
 
-    def resolve_asr_name(self, requested):
+    def resolve_asr_name(self, requested, batch=False):
         return "whisper-base"
 
     def asr(self, name=None):
