@@ -107,6 +107,24 @@ class TurnDetection:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Server setting: what a session starts at a short pause inside a turn, before the turn is confirmed.
+
+    At `pause_ms` of silence the turn so far is transcribed; with `responses` the LLM and TTS also start on it,
+    sending nothing. If the turn then ends at that same pause (the audio did not grow with speech), that prepared
+    response goes out at once; if the user goes on speaking it is dropped without a trace (no event, no item,
+    nothing in the next prompt) and a later pause may speculate again on the longer turn. Only where the session
+    would create the response itself (turn detection with `create_response`, no response in progress)."""
+
+    pause_ms: int = 160
+    responses: bool = True
+
+    def __post_init__(self) -> None:
+        if not 160 <= self.pause_ms <= 2000:  # realtime.turns.MIN_SPECULATIVE_MS: below it a turn's tail is unheard
+            raise ConfigError("the speculative pause must be between 160 and 2000 ms", "speculation.pause_ms")
+
+
+@dataclass(frozen=True)
 class Transcription:
     model: str = "whisper-1"
     language: str | None = None

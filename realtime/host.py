@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from realtime.audio import AudioFormat
-from realtime.config import SessionConfig
+from realtime.config import SessionConfig, Speculation
 from realtime.events import ServerEvent
 from realtime.items import MAX_CONVERSATION_BYTES
 from realtime.outbox import MAX_QUEUED_EVENTS
@@ -47,18 +47,22 @@ class SessionLimits:
 class RealtimeHost:
     """Session + runner + outbox of one connection. `engine` is the chat engine or an async loader of it;
     `on_backlog(n)` is called once when `n` events wait for an edge that does not send them (drop the client);
-    `on_turn_latency(seconds, trigger)` once per response, when its first audio has been sent."""
+    `on_turn_latency(seconds, trigger)` once per response, when its first audio has been sent;
+    `speculation` is what the session starts at a short pause (`realtime.config.Speculation`), and
+    `on_speculation(outcome)` counts each speculative response that reached the model: committed | dropped."""
 
     def __init__(self, session_id: str, vad, config: SessionConfig | None, models: RealtimeModels,
                  engine: EngineSource, sink: EventSink, *, limits: SessionLimits = SessionLimits(),
                  options: PipelineOptions | None = None,
                  on_turn_latency: Callable[[float, str], None] | None = None,
-                 on_backlog: Callable[[int], None] | None = None, clock: Callable[[], float] = time.perf_counter):
+                 on_backlog: Callable[[int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
+                 speculation: Speculation = Speculation(), on_speculation: Callable[[str], None] | None = None):
         self.session = RealtimeSession(session_id, vad, config, max_buffer_seconds=limits.max_input_buffer_s,
-                                       max_conversation_bytes=limits.max_conversation_bytes)
+                                       max_conversation_bytes=limits.max_conversation_bytes, speculation=speculation)
         self.runner = SessionRunner(self.session, models, engine, sink, on_turn_latency=on_turn_latency,
                                     options=options, clock=clock, max_append_bytes=limits.max_append_bytes,
-                                    max_queued_events=limits.max_queued_events, on_backlog=on_backlog)
+                                    max_queued_events=limits.max_queued_events, on_backlog=on_backlog,
+                                    on_speculation=on_speculation)
 
     @property
     def id(self) -> str:

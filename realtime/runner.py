@@ -6,6 +6,12 @@ them all, so a disconnect leaves nothing running. The model work belongs to the 
 asks which one it holds. A response is the backend's stream of typed outputs, which the runner turns into the
 session's decisions (`response_text`, `response_audio`, …) and carries out; its audio goes out through one
 `AudioPlayout` whichever backend made it. The runner never decides anything: it asks the session.
+
+Speculative responses (`SpeculateResponse`): when the backend can hand out the transcript of a speculative
+decode (`SpeculativeBackend`), the runner starts the backend's response on the turn so far as a
+`realtime.speculation.PreparedStream` — unsent — and either a response takes it over (`StartResponse.speculation`,
+when the session says the speculation's request is exactly the response's) or it is closed without a trace
+(`DropSpeculation`). `on_speculation("committed" | "dropped")` counts the ones that got as far as the LLM.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from realtime.backends.base import (
     ResponseBackend,
     ResponseOutput,
     ResponseRequest,
+    ResponseStream,
+    SpeculativeBackend,
     TextDelta,
 )
 from realtime.events import AudioDelta, ServerEvent
@@ -42,12 +50,15 @@ from realtime.protocol import (
 from realtime.session import (
     CancelResponse,
     Command,
+    DropSpeculation,
     RealtimeSession,
     Send,
     Speculate,
+    SpeculateResponse,
     StartResponse,
     Transcribe,
 )
+from realtime.speculation import PreparedStream
 from realtime.tasks import TaskSet
 from runtime.chat_api import ChatEngine, ToolCall
 
@@ -62,11 +73,13 @@ class SessionRunner:
                  on_turn_latency: Callable[[float, str], None] | None = None,
                  options: PipelineOptions | None = None, clock: Callable[[], float] = time.perf_counter,
                  *, max_append_bytes: int = MAX_APPEND_BYTES, max_queued_events: int = MAX_QUEUED_EVENTS,
-                 on_backlog: Callable[[int], None] | None = None, backend: ResponseBackend | None = None):
+                 on_backlog: Callable[[int], None] | None = None, backend: ResponseBackend | None = None,
+                 on_speculation: Callable[[str], None] | None = None):
         """`send` takes the session's typed events in order (the edge's serializer: `realtime.host`).
         `max_append_bytes` caps one append's decoded audio; `on_backlog(n)` is called once if more
         than `max_queued_events` events wait for the client (it is not reading: the edge drops it).
-        `backend` replaces the one `models.pipeline` picks (tests drive the runner with their own)."""
+        `backend` replaces the one `models.pipeline` picks (tests drive the runner with their own).
+        `on_speculation(outcome)` once per speculative response that reached the backend: committed | dropped."""
         self.session, self.models = session, models
         self.max_append_bytes = max_append_bytes
         self.options, self.clock = options or PipelineOptions(), clock
@@ -76,6 +89,10 @@ class SessionRunner:
         self.responses: dict[str, asyncio.Task] = {}
         self.transcripts: dict[str, asyncio.Task] = {}  # item id → task that records its transcript
         self.turn_latencies: list[float] = []
+        # speculation id → the task preparing it (its result: the running stream, or None if it never started)
+        self.speculations: dict[str, asyncio.Task[PreparedStream | None]] = {}
+        self.speculation_counts = {"committed": 0, "dropped": 0}
+        self._on_speculation = on_speculation
         self.closed = False
         self.backend: ResponseBackend = backend or new_backend(session.id, models, engine, self.options)
 
@@ -93,6 +110,7 @@ class SessionRunner:
             fut.cancel()
         self.transcripts.clear()
         self.responses.clear()
+        self.speculations.clear()  # their tasks (and pumps) were the TaskSet's: cancelled above
         self.backend.close()
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -191,22 +209,102 @@ class SessionRunner:
                 task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
             elif isinstance(cmd, Speculate):
                 self.backend.speculate(cmd)
+            elif isinstance(cmd, SpeculateResponse):
+                self._speculate_response(cmd)
+            elif isinstance(cmd, DropSpeculation):
+                task = self.speculations.pop(cmd.speculation_id, None)
+                if task is not None:
+                    self.tasks.spawn(self._discard(task, "the turn went on"), f"drop:{cmd.speculation_id}")
             else:
                 raise TypeError(f"unknown command {cmd!r}")
+
+    # ---- speculative responses ------------------------------------------------------------------------
+    def _speculate_response(self, cmd: SpeculateResponse) -> None:
+        backend = self.backend
+        if not isinstance(backend, SpeculativeBackend):
+            return  # this pipeline cannot answer a turn before it is committed
+        transcript = backend.speculative_transcript(cmd.key)
+        if transcript is None:
+            return  # no speculative decode of this span (one was still running): the turn is answered as usual
+        sid = cmd.speculation_id
+        self.speculations[sid] = self.tasks.spawn(self._prepare(cmd, transcript), f"prepare:{sid}")
+
+    async def _prepare(self, cmd: SpeculateResponse, transcript: asyncio.Future[str]) -> PreparedStream | None:
+        """The speculative transcript → the response the session would run on it, started (nothing is sent)."""
+        try:
+            text = await asyncio.shield(transcript)  # the decode is the committed turn's too: never cancel it
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return None  # the committed turn reports the failure
+        audio_ms = (cmd.key[1] - cmd.key[0]) * 1000 / INTERNAL_RATE
+        built = self.session.speculation_request(cmd.speculation_id, text, audio_ms)
+        if built is None:
+            return None  # dropped or already taken by the response while the decode ran
+        options, context, chat = built
+        stream = self.backend.respond(ResponseRequest(cmd.speculation_id, options, tuple(context), chat))
+        log.debug("[%s] speculation %s started on %r", self.session.id, cmd.speculation_id, text)
+        return PreparedStream(cmd.speculation_id, options, chat, stream, self.tasks.spawn)
+
+    async def _discard(self, task: asyncio.Task[PreparedStream | None], why: str) -> None:
+        """Forget a speculation: cancel its preparation, or close the stream it started."""
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        prepared = None if task.cancelled() or task.exception() is not None else task.result()
+        if prepared is None:
+            return
+        await prepared.aclose()
+        self._count("dropped", prepared, why)
+
+    def _count(self, outcome: str, prepared: PreparedStream, why: str) -> None:
+        self.speculation_counts[outcome] += 1
+        c = self.speculation_counts
+        log.debug("[%s] speculation %s %s (%s; %d outputs prepared); committed %d, dropped %d", self.session.id,
+                  prepared.id, outcome, why, prepared.prepared, c["committed"], c["dropped"])
+        if self._on_speculation is not None:
+            self._on_speculation(outcome)
+
+    async def _take_over(self, rid: str, speculation_id: str) -> PreparedStream | None:
+        """The prepared speculation response `rid` may run as, if it answered exactly what `rid` answers."""
+        task = self.speculations.pop(speculation_id, None)
+        if task is None:
+            return None
+        if not task.done():  # still waiting for its transcript: nothing started that the response could use
+            await self._discard(task, "not started by the turn's end")
+            return None
+        prepared = None if task.cancelled() or task.exception() is not None else task.result()
+        if prepared is None:
+            return None
+        if not self.session.speculation_matches(rid, prepared.options, prepared.chat):
+            await prepared.aclose()
+            self._count("dropped", prepared, "the response's request differs")
+            return None
+        self._count("committed", prepared, f"taken over by {rid}")
+        return prepared
 
     # ---- responses -----------------------------------------------------------------------------------
     async def _respond(self, cmd: StartResponse) -> None:
         """Response `cmd.response_id`: the backend's outputs → the session's decisions → carried out."""
         rid = cmd.response_id
-        await self._wait_transcripts(cmd.wait_for)
+        try:
+            await self._wait_transcripts(cmd.wait_for)
+        except asyncio.CancelledError:
+            self._forget_speculation(cmd.speculation)
+            raise
         st, context = self.session.live(rid), self.session.response_context(rid)
         chat = self.session.chat_request(rid)
         if st is None or context is None or chat is None:
+            self._forget_speculation(cmd.speculation)
             return  # cancelled while waiting
         request = ResponseRequest(rid, st.options, tuple(context), chat)
         playout = AudioPlayout(st.options.output_format, self.options.delta_ms, self.options.lead_ms,
                                self.outbox.room)
-        stream = self.backend.respond(request)
+        stream: ResponseStream | PreparedStream | None = None
+        if cmd.speculation is not None:
+            stream = await self._take_over(rid, cmd.speculation)
+        if stream is None:
+            stream = self.backend.respond(request)
         try:
             played: Played | None = None
             while True:
@@ -223,6 +321,11 @@ class SessionRunner:
                 "type": "server_error", "code": "response_failed", "message": f"{type(exc).__name__}: {exc}"}))
         finally:
             await stream.aclose()
+
+    def _forget_speculation(self, speculation_id: str | None) -> None:
+        task = self.speculations.pop(speculation_id, None) if speculation_id is not None else None
+        if task is not None:
+            self.tasks.spawn(self._discard(task, "its response ended first"), f"drop:{speculation_id}")
 
     async def _apply(self, rid: str, output: ResponseOutput, playout: AudioPlayout) -> Played | None:
         """One output of response `rid`, carried out; an `AudioChunk` returns once it has all gone out."""

@@ -8,8 +8,17 @@ the socket has sent — returns a list of typed commands:
 - `Send(event, urgent)` — a server event; `urgent` ones (everything outside a response's stream, and the
   closing events of a cancelled response) go out before any queued response audio;
 - `Transcribe(item_id, audio, …)` / `Speculate(key, audio, …)` — run ASR on a committed turn / ahead of it;
-- `StartResponse(response_id)` — run the LLM → TTS pipeline for a response;
+- `SpeculateResponse(speculation_id, key)` / `DropSpeculation(speculation_id)` — prepare a response to the turn so
+  far (span `key`), sending nothing / forget it without a trace;
+- `StartResponse(response_id, wait_for, speculation)` — run the LLM → TTS pipeline for a response (or let it take
+  over the prepared speculation, if that answered exactly what the response answers);
 - `CancelResponse(response_id)` — stop it now and drop whatever of it is still queued.
+
+Speculative responses: at a short pause inside a turn (`SpeechPaused`) a session that would answer the turn itself
+asks for a speculation on the span so far. It is committed when the turn ends at that same pause (same span: the
+audio did not grow with speech) and the response would start at once; any other way the turn goes — speech
+resumed, a commit or clear, a response started meanwhile — drops it. The runner confirms at the takeover that
+the speculation's request equals the response's own (`speculation_matches`), else it is dropped there too.
 
 Tests drive this class directly with a fake VAD and scripted model output; no event loop is needed.
 """
@@ -24,7 +33,14 @@ import numpy as np
 
 from realtime.asr_prompt import transcription_prompt
 from realtime.audio import INTERNAL_RATE, AudioFormatError, InputDecoder, StreamResampler, decode_bytes
-from realtime.config import ConfigError, ResponseOptions, SessionConfig, apply_update, response_options
+from realtime.config import (
+    ConfigError,
+    ResponseOptions,
+    SessionConfig,
+    Speculation,
+    apply_update,
+    response_options,
+)
 from realtime.events import (
     AudioDelta,
     AudioDone,
@@ -73,6 +89,7 @@ from realtime.turns import (
     VAD_FRAME_MS,
     InputBuffer,
     SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
     SpeechStopped,
     TurnDetector,
@@ -112,9 +129,23 @@ class Speculate:
 
 
 @dataclass(frozen=True)
+class SpeculateResponse:
+    """Prepare the answer to the turn so far (the span `key` of a `Speculate` just before), sending nothing."""
+
+    speculation_id: str
+    key: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DropSpeculation:
+    speculation_id: str
+
+
+@dataclass(frozen=True)
 class StartResponse:
     response_id: str
     wait_for: tuple[str, ...]  # user items whose transcripts the LLM context needs
+    speculation: str | None = None  # a speculation on the turn this response answers: take it over if it matches
 
 
 @dataclass(frozen=True)
@@ -122,7 +153,7 @@ class CancelResponse:
     response_id: str
 
 
-Command = Send | Transcribe | Speculate | StartResponse | CancelResponse
+Command = Send | Transcribe | Speculate | SpeculateResponse | DropSpeculation | StartResponse | CancelResponse
 
 
 def event(type: str, route: str | None = None, **data) -> ProtocolEvent:
@@ -162,10 +193,13 @@ class ResponseState:
 
 class RealtimeSession:
     def __init__(self, session_id: str, vad, config: SessionConfig | None = None, *,
-                 max_buffer_seconds: float = 600.0, max_conversation_bytes: int = MAX_CONVERSATION_BYTES):
+                 max_buffer_seconds: float = 600.0, max_conversation_bytes: int = MAX_CONVERSATION_BYTES,
+                 speculation: Speculation = Speculation()):
         self.id = session_id
         self.vad = vad
         self.config = config or SessionConfig()
+        self.speculation = speculation
+        self.speculating: tuple[str, tuple[int, int]] | None = None  # (speculation id, span) of the turn so far
         self.conversation = Conversation(max_conversation_bytes)
         self.buffer = InputBuffer(max_buffer_seconds)
         self.decoder = InputDecoder(self.config.input_format)
@@ -184,7 +218,9 @@ class RealtimeSession:
 
     def _new_detector(self) -> TurnDetector | None:
         td = self.config.turn_detection
-        return TurnDetector(self.vad, td, self.buffer.total) if td is not None else None
+        if td is None:
+            return None
+        return TurnDetector(self.vad, td, self.buffer.total, speculative_ms=self.speculation.pause_ms)
 
     # ---- client events -----------------------------------------------------------------------------
     def handle(self, ev: ClientEvent, now: float) -> list[Command]:
@@ -197,10 +233,11 @@ class RealtimeSession:
             if isinstance(ev, AudioCommit):
                 return self._manual_commit(ev, now)
             if isinstance(ev, AudioClear):
+                out = self._drop_speculation()
                 self.buffer.clear()
                 self.detector = self._new_detector()
                 self.speech_item_id = None
-                return [Send(event("input_audio_buffer.cleared"))]
+                return out + [Send(event("input_audio_buffer.cleared"))]
             if isinstance(ev, ItemCreate):
                 return self._item_create(ev)
             if isinstance(ev, ItemTruncate):
@@ -236,10 +273,12 @@ class RealtimeSession:
         self.config = apply_update(old, ev.session, audio_sent=self.audio_sent)
         if self.config.input_format != old.input_format:
             self.decoder = InputDecoder(self.config.input_format)
+        out: list[Command] = []
         if self.config.turn_detection != old.turn_detection:
+            out += self._drop_speculation()
             self.detector = self._new_detector()
             self.speech_item_id = None
-        return [Send(event("session.updated", session=self.config))]
+        return out + [Send(event("session.updated", session=self.config))]
 
     def _append(self, ev: AudioAppend, now: float) -> list[Command]:
         try:
@@ -261,6 +300,8 @@ class RealtimeSession:
                 out += self._speech_started(turn)
             elif isinstance(turn, SpeechPaused):
                 out += self._speculate(turn)
+            elif isinstance(turn, SpeechResumed):
+                out += self._drop_speculation()
             elif isinstance(turn, SpeechStopped):
                 out += self._speech_stopped(turn)
         if self.detector is not None:
@@ -272,7 +313,7 @@ class RealtimeSession:
         pauses): commit that much as a turn now, as if it had ended, rather than grow without bound."""
         detector = self.detector
         assert detector is not None
-        out: list[Command] = []
+        out: list[Command] = self._drop_speculation()
         if detector.in_speech and detector.speech_start is not None:
             log.info("[%s] a turn reached the input buffer limit: committed as it is", self.id)
             out = self._speech_stopped(SpeechStopped(detector.speech_start, self.buffer.total))
@@ -283,7 +324,8 @@ class RealtimeSession:
     # ---- turns -------------------------------------------------------------------------------------
     def _speech_started(self, turn: SpeechStarted) -> list[Command]:
         self.speech_item_id = new_id("item")
-        out: list[Command] = [Send(SpeechStartedEvent(self.speech_item_id, ms(turn.start)))]
+        out: list[Command] = self._drop_speculation()
+        out.append(Send(SpeechStartedEvent(self.speech_item_id, ms(turn.start))))
         td = self.config.turn_detection
         if self.active is not None and td is not None and td.interrupt_response:
             out += self._cancel("turn_detected")
@@ -302,20 +344,48 @@ class RealtimeSession:
 
     def _speculate(self, turn: SpeechPaused) -> list[Command]:
         end = min(turn.end + self._tail(), self.buffer.total)
+        key = (turn.start, end)
         model, language, prompt = self._transcription_args()
-        return [Speculate((turn.start, end), self.buffer.slice(turn.start, end), model, language, prompt)]
+        out: list[Command] = self._drop_speculation()
+        out.append(Speculate(key, self.buffer.slice(turn.start, end), model, language, prompt))
+        if self._would_answer_now():
+            self.speculating = (new_id("spec"), key)
+            out.append(SpeculateResponse(*self.speculating))
+        return out
+
+    def _would_answer_now(self) -> bool:
+        """Whether a turn ending now would start its response at once: only such a response is speculated on."""
+        td = self.config.turn_detection
+        return (self.speculation.responses and td is not None and td.create_response and self.active is None
+                and not self.pending_auto_response)
+
+    def _drop_speculation(self) -> list[Command]:
+        """The turn went another way than the speculation assumed: forget it (it never sent anything)."""
+        if self.speculating is None:
+            return []
+        spec_id, _ = self.speculating
+        self.speculating = None
+        return [DropSpeculation(spec_id)]
 
     def _speech_stopped(self, turn: SpeechStopped) -> list[Command]:
         item_id = self.speech_item_id or new_id("item")
         self.speech_item_id = None
         end = min(turn.end + self._tail(), self.buffer.total)
+        key = (turn.start, end)
         out: list[Command] = [Send(SpeechStoppedEvent(item_id, ms(turn.end)))]
         audio = self.buffer.slice(turn.start, end)
         self.buffer.drop_before(end)
-        out += self._commit(item_id, audio, key=(turn.start, end))
+        out += self._commit(item_id, audio, key=key)
+        spec = self.speculating
+        self.speculating = None
         td = self.config.turn_detection
+        taken = None
         if td is not None and td.create_response:
-            out += self._auto_response(self.buffer.arrival_time(turn.end))
+            # the speculation answered this very span, and its response starts now: it may take that over
+            taken = spec[0] if spec is not None and spec[1] == key and self._would_answer_now() else None
+            out += self._auto_response(self.buffer.arrival_time(turn.end), speculation=taken)
+        if spec is not None and taken is None:
+            out.append(DropSpeculation(spec[0]))
         return out
 
     def _manual_commit(self, ev: AudioCommit, now: float) -> list[Command]:
@@ -325,9 +395,10 @@ class RealtimeSession:
         item_id = self.speech_item_id or new_id("item")
         self.speech_item_id = None
         audio = self.buffer.slice(self.buffer.t0, self.buffer.total)
+        dropped = self._drop_speculation()
         self.buffer.clear()
         self.detector = self._new_detector()
-        out = self._commit(item_id, audio)
+        out = dropped + self._commit(item_id, audio)
         td = self.config.turn_detection
         if td is not None and td.create_response:  # with VAD on, a manual commit also starts the reply
             out += self._auto_response(now, trigger="commit")
@@ -439,14 +510,16 @@ class RealtimeSession:
                 items.append(item)
         return items
 
-    def _auto_response(self, turn_end: float | None, trigger: str = "server_vad") -> list[Command]:
+    def _auto_response(self, turn_end: float | None, trigger: str = "server_vad",
+                       speculation: str | None = None) -> list[Command]:
         if self.active is not None:
             self.pending_auto_response = True  # answer once the current response is over
             return []
-        return self._start(response_options(self.config, None), None, trigger, turn_end)
+        return self._start(response_options(self.config, None), None, trigger, turn_end, speculation)
 
     def _start(self, options: ResponseOptions, context: list[Item] | None, trigger: str,
-               trigger_time: float | None) -> list[Command]:
+               trigger_time: float | None, speculation: str | None = None) -> list[Command]:
+        out = self._drop_speculation()  # another response starts first: the turn being spoken will wait for it
         self.pending_auto_response = False
         info = ResponseInfo(new_id("resp"), options.audio_out, options.output_format.ga_object(),
                             options.output_format.beta_name, options.voice, options.max_output_tokens,
@@ -454,8 +527,8 @@ class RealtimeSession:
         self.active = ResponseState(info, options, context, trigger, trigger_time)
         waits = tuple(i for i in self.pending_transcripts
                       if context is None or any(c.id == i for c in context))
-        return [Send(ResponseCreated(copy.deepcopy(info)), urgent=False),
-                StartResponse(info.id, waits)]
+        return out + [Send(ResponseCreated(copy.deepcopy(info)), urgent=False),
+                      StartResponse(info.id, waits, speculation)]
 
     def _cancel(self, reason: str) -> list[Command]:
         st = self.active
@@ -468,7 +541,7 @@ class RealtimeSession:
         `response.done{cancelled}` carries `status_details.error{code, message}` (the protocol's reasons
         are all client-side) — and fail every transcription still pending. Afterwards every
         `response.created` has had its `response.done` and every committed item its transcript event."""
-        out: list[Command] = []
+        out: list[Command] = self._drop_speculation()
         self.pending_auto_response = False
         st = self.active
         if st is not None:
@@ -498,11 +571,32 @@ class RealtimeSession:
         st = self.live(response_id)
         if st is None:
             return None
-        o = st.options
-        messages = self.conversation.to_messages(o.instructions, self.response_context(response_id))
+        return self._chat(st.options, self.response_context(response_id) or [])
+
+    def _chat(self, o: ResponseOptions, context: list[Item]) -> ChatRequest:
+        messages = self.conversation.to_messages(o.instructions, context)
         return ChatRequest(messages=messages,
                            tools=tuple(ToolSpec(t.name, t.description, t.parameters) for t in o.tools),
                            tool_choice=o.tool_choice, max_tokens=o.max_tokens, temperature=o.temperature)
+
+    # ---- speculation: what it answers, and whether a response may take it over --------------------------
+    def speculation_request(self, speculation_id: str, transcript: str,
+                            audio_ms: float) -> tuple[ResponseOptions, list[Item], ChatRequest] | None:
+        """What the auto response to the turn so far would answer, if the turn ended now with `transcript`: the
+        options, the context (the conversation plus the turn's user item as its commit will make it) and the chat
+        request. Nothing is added to the conversation. None once the speculation is dropped."""
+        if self.speculating is None or self.speculating[0] != speculation_id:
+            return None
+        options = response_options(self.config, None)
+        turn = Item(self.speech_item_id or speculation_id, "message", role="user",
+                    content=[Content("input_audio", transcript=transcript, audio_ms=audio_ms)])
+        context = [*self.conversation.items, turn]
+        return options, context, self._chat(options, context)
+
+    def speculation_matches(self, response_id: str, options: ResponseOptions, chat: ChatRequest) -> bool:
+        """A speculation prepared with (`options`, `chat`) is exactly what response `response_id` would run now."""
+        st = self.live(response_id)
+        return st is not None and st.options == options and self.chat_request(response_id) == chat
 
     def _lane(self, st: ResponseState, type: str, **data) -> Send:
         return Send(event(type, st.id, response_id=st.id, **data), urgent=False)

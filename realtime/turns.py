@@ -7,7 +7,9 @@ model) with `SpeechSegmenter`'s hysteresis and reports typed events:
 
 - `SpeechStarted(start)` — speech began (start already pulled back by `prefix_padding_ms`);
 - `SpeechPaused(start, end)` — `speculative_ms` of silence inside speech: a good moment to start
-  transcribing speculatively; if the silence lasts, the turn ends at the same `end`;
+  transcribing (and answering) speculatively; if the silence lasts, the turn ends at the same `end`;
+- `SpeechResumed(start, end)` — speech came back after the `SpeechPaused` that ended at `end`: the turn has
+  grown, whatever was started on it at that pause is stale;
 - `SpeechStopped(start, end)` — `silence_duration_ms` of silence: the turn is over.
 
 `semantic_vad` (Smart Turn, `asr.smart_turn`): at each `SpeechPaused` the detector asks the turn model, on one
@@ -38,7 +40,10 @@ from realtime.config import TurnDetection
 
 log = logging.getLogger(__name__)
 
-SPECULATIVE_MS = 160  # silence after which a transcription starts speculatively
+SPECULATIVE_MS = 160  # silence after which a transcription (and a response) starts speculatively
+#: the shortest speculative pause a server may set: past it the committed turn's span (speech end + TAIL_MS) is
+#: already in the buffer, so a speculation on it covers exactly the audio the turn will commit
+MIN_SPECULATIVE_MS = 160
 TAIL_MS = 150  # audio kept after the end of speech in a committed turn (soft word endings)
 VAD_FRAME_MS = FRAME * 1000 // INTERNAL_RATE  # 32: one Silero frame, the VAD's time resolution
 
@@ -59,12 +64,18 @@ class SpeechPaused:
 
 
 @dataclass(frozen=True)
+class SpeechResumed:
+    start: int
+    end: int  # the end of the pause's `SpeechPaused`
+
+
+@dataclass(frozen=True)
 class SpeechStopped:
     start: int
     end: int
 
 
-TurnEvent = SpeechStarted | SpeechPaused | SpeechStopped
+TurnEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechStopped
 
 
 class InputBuffer:
@@ -136,10 +147,13 @@ class TurnDetector:
     """Server VAD over the session timeline. `vad` is anything with `.stream()` → object with `.feed(audio)`
     returning one speech probability per 512-sample frame (Silero's VADStream, or a test double). For
     semantic_vad, `turn_model` has `.probability(audio_16k) -> float`; `executor` runs it (default: one shared
-    worker thread, so the event loop never waits for the model)."""
+    worker thread, so the event loop never waits for the model). `speculative_ms`: the silence inside speech that
+    makes a `SpeechPaused`."""
 
-    def __init__(self, vad, config: TurnDetection, origin: int, turn_model=None, executor: Executor | None = None):
+    def __init__(self, vad, config: TurnDetection, origin: int, turn_model=None, executor: Executor | None = None,
+                 speculative_ms: int = SPECULATIVE_MS):
         self.config = config
+        self.speculative_ms = speculative_ms
         self.origin = origin  # sample index where this detector's first frame starts
         self.stream = vad.stream()
         self.segmenter = SpeechSegmenter(VADConfig(threshold=config.threshold,
@@ -182,9 +196,14 @@ class TurnDetector:
             elif self.speech_start is not None:
                 events.append(SpeechStopped(self.speech_start, self._sample(e.time)))
                 self.speech_start = None
+                self._speculated_end = None
                 self._decision = None
         seg = self.segmenter
-        if self.speech_start is not None and seg.silence_frames * FRAME * 1000 / INTERNAL_RATE >= SPECULATIVE_MS:
+        if self.speech_start is not None and self._speculated_end is not None \
+                and self._speech_end() != self._speculated_end:
+            events.append(SpeechResumed(self.speech_start, self._speculated_end))
+            self._speculated_end = None
+        if self.speech_start is not None and seg.silence_frames * FRAME * 1000 / INTERNAL_RATE >= self.speculative_ms:
             end = self._speech_end()
             if end != self._speculated_end:
                 self._speculated_end = end

@@ -9,6 +9,10 @@ A response is an async generator of outputs — `TextDelta`, `AudioChunk`, `Tool
 decisions and carries them out (schedule → execute → update, as vLLM's v1 scheduler and runner). For an
 `AudioChunk` the runner sends back (`asend`) a `Played` once the chunk is out — paced to the listener, so a
 backend that decodes ahead knows how far the listener is, and which assistant item its audio became.
+
+A backend that also implements `SpeculativeBackend` (the cascade) can answer a turn before it is committed: the
+runner starts `respond` on the speculative transcript of the turn so far and holds its outputs unsent
+(`realtime.speculation`). Its `respond` must then depend only on the request, never on the session.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -108,4 +112,13 @@ class ResponseBackend(Protocol):
 
     def respond(self, request: ResponseRequest) -> ResponseStream:
         """Run one response: its outputs, ending with `Finished` (cancellation closes the stream)."""
+        ...
+
+
+@runtime_checkable
+class SpeculativeBackend(Protocol):
+    """A backend whose responses can be speculated on: it has a transcript of the turn so far."""
+
+    def speculative_transcript(self, key: tuple[int, int]) -> asyncio.Future[str] | None:
+        """The decode `speculate` started on span `key` (left for `transcribe` to reuse), or None."""
         ...

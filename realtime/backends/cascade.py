@@ -1,5 +1,6 @@
 """The cascade backend: Whisper transcribes each turn (speculatively at a pause), the shared chat engine
-answers, Piper speaks it (`realtime.pipeline.CascadeResponse`).
+answers, Piper speaks it (`realtime.pipeline.CascadeResponse`). It is a `SpeculativeBackend`: a response can
+start on the speculative transcript of a pause, unsent, and be taken over when the turn ends there.
 
 Transcriptions and sentence synthesis run on small pools of their own (sized so decodes do not oversubscribe
 the cores, and so a short sentence never queues behind a long decode); the LLM is the process's `ChatEngine`.
@@ -85,6 +86,9 @@ class CascadeBackend:
         self.speculative[cmd.key] = self._asr(cmd.audio, cmd.model, cmd.language, cmd.prompt)
         while len(self.speculative) > MAX_SPECULATIVE:
             self.speculative.pop(next(iter(self.speculative)))
+
+    def speculative_transcript(self, key: tuple[int, int]) -> asyncio.Future[str] | None:
+        return self.speculative.get(key)
 
     def transcribe(self, cmd: Transcribe, session: RealtimeSession) -> asyncio.Future[str]:
         fut = self.speculative.pop(cmd.key, None) if cmd.key is not None else None

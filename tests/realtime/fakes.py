@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,16 +27,22 @@ class FakeEngine:
     model_id = "fake-llm"
     supports_vision = False
 
-    def __init__(self, *scripts: Script, default: Script | None = None):
+    def __init__(self, *scripts: Script, default: Script | None = None,
+                 reply: Callable[[ChatRequest], Script] | None = None):
+        """`reply(request)`, when given, makes each answer from its request (after the scripts run out)."""
         self.scripts = list(scripts)
         self.default = default or Script(("Okay.",))
+        self.reply = reply
         self.requests: list[ChatRequest] = []
         self.open_streams = 0
         self.closed_streams = 0
 
     def stream(self, request: ChatRequest):
         self.requests.append(request)
-        script = self.scripts.pop(0) if self.scripts else self.default
+        if self.scripts:
+            script = self.scripts.pop(0)
+        else:
+            script = self.reply(request) if self.reply is not None else self.default
         return self._run(script)
 
     async def _run(self, script: Script):
