@@ -36,6 +36,22 @@ def _serve(args) -> int:
         app.state.hub.vad()
         app.state.hub.step_audio2().default_voice()
         llm_name = f"step-audio-2 ({settings.checkpoint})"
+    elif settings.preset == "step-audio-tts":
+        print(f"voxline: loading the Step-Audio-TTS-3B download {settings.checkpoint} (speech on /v1/audio/speech; "
+              "ASR and chat stay Whisper and the default LLM, loaded on first use)...", flush=True)
+        from voxcore.strict_load import CheckpointError
+
+        try:
+            stack = app.state.hub.step_audio_tts()
+        except CheckpointError as exc:  # a mis-shaped or missing tensor: one line naming it, not a traceback
+            print(f"voxline: {exc}", file=sys.stderr)
+            return 2
+        stack.default_voice()
+        tiny = (Path(settings.checkpoint) / "VOXLINE_TINY.json").is_file()
+        if tiny:
+            print("voxline: this is the tiny test download (random weights): /v1/audio/speech returns noise-like "
+                  "audio (mechanics, not speech quality)", flush=True)
+        llm_name = "default, loaded on first chat (speech: step-audio-tts-3b)"
     elif settings.pipeline == "unified":
         print("voxline: realtime sessions run the UNIFIED pipeline with the tiny preset: random weights, so the "
               "answers are noise-like audio (mechanics, not speech quality)", flush=True)
@@ -204,10 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the HTTP/WebSocket service")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    serve.add_argument("--preset", default=None, help="embedded (default), tiny, step-audio")
+    serve.add_argument("--preset", default=None, help="embedded (default), tiny, step-audio, step-audio-tts")
     serve.add_argument("--asr-model", default=None, help="whisper-base (default) or whisper-tiny.en")
     serve.add_argument("--checkpoint", default=None,
-                       help="the step-audio preset's checkpoint directory (official Step-Audio 2 layout)")
+                       help="the step-audio preset's checkpoint directory (official Step-Audio 2 layout), or the "
+                            "step-audio-tts preset's download (Step-Audio-TTS-3B/ + Step-Audio-Tokenizer/)")
     serve.add_argument("--pipeline", default=None, choices=("cascade", "unified"),
                        help="realtime responses: cascade (default; ASR -> LLM -> TTS) or unified (audio LLM; "
                             "--preset tiny)")

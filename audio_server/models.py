@@ -49,6 +49,7 @@ class ModelHub:
         self._vad = None
         self._unified = None
         self._step_audio2 = None
+        self._step_audio_tts = None
 
     # ---- what realtime sessions read (realtime.hub.RealtimeModels) ----------------------------------------
     @property
@@ -92,6 +93,10 @@ class ModelHub:
             from audio_server.step_audio2_modes import StepAudio2Speaker
 
             return StepAudio2Speaker(self.step_audio2())
+        if self.settings.preset == "step-audio-tts":
+            from audio_server.step_audio_tts_modes import StepAudioTTSSpeaker
+
+            return StepAudioTTSSpeaker(self.step_audio_tts())
         with self._lock:
             if self._tts is None:
                 t0 = time.perf_counter()
@@ -143,6 +148,19 @@ class ModelHub:
                 self._step_audio2 = StepAudio2Stack.load(self.settings.checkpoint, options)
             return self._step_audio2
 
+    def step_audio_tts(self):
+        """The step-audio-tts preset's Step-Audio-TTS-3B stack (Step1 LLM in one stepping loop, the dual-codebook
+        tokenizer for the voice prompt, the v1 flow + 22.05 kHz HiFT), loaded once from `settings.checkpoint`."""
+        from realtime.step_audio_tts_stack import StepAudioTTSOptions, StepAudioTTSStack
+
+        with self._lock:
+            if self._step_audio_tts is None:
+                if self.settings.preset != "step-audio-tts":
+                    raise RuntimeError("only the step-audio-tts preset has a Step-Audio-TTS-3B model")
+                options = StepAudioTTSOptions(slots=self.settings.step_audio_slots)
+                self._step_audio_tts = StepAudioTTSStack.load(self.settings.checkpoint, options)
+            return self._step_audio_tts
+
     def load_all(self) -> None:
         self.asr()
         self.tts()
@@ -183,6 +201,12 @@ class ModelHub:
             where = f"the Step-Audio 2 checkpoint {self.settings.checkpoint}"
             cards.append(card(STEP_AUDIO2_ASR, "asr", f"transcription by {where} (the default here)"))
             cards.append(card("step-audio-2-realtime", "realtime", f"speech-to-speech sessions on {where}"))
+        if self.settings.preset == "step-audio-tts":
+            from audio_server.step_audio_tts_modes import MODEL_NAME
+
+            cards.append(card(MODEL_NAME, "tts", f"speech by the Step-Audio-TTS-3B download {self.settings.checkpoint} "
+                              "(Step1 dual-codebook ids, v1 flow, 22.05 kHz HiFT): what /v1/audio/speech serves under "
+                              f"{', '.join((TTS_MODEL, *TTS_ALIASES))} here", sample_rate=22050))
         if self.settings.pipeline == "unified":
             cards.append(card("voxline-unified-tiny", "realtime", "unified audio LLM pipeline (dual-codebook "
                               "tokenizer, MTP audio LLM, streaming vocoder), tiny preset with random weights: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-PRESETS = ("embedded", "tiny", "step-audio")
+PRESETS = ("embedded", "tiny", "step-audio", "step-audio-tts")
 PIPELINES = ("cascade", "unified", "step-audio")
 
 
@@ -19,9 +19,12 @@ class Settings:
     #: vocoder; the tiny preset only: random weights, mechanics not speech)
     pipeline: str = "cascade"
     #: a Step-Audio 2 checkpoint directory in the official layout (config.json, shards, tokenizer files,
-    #: token2wav/): what the step-audio preset serves (its pipeline is step-audio, set with the preset)
+    #: token2wav/): what the step-audio preset serves (its pipeline is step-audio, set with the preset); for the
+    #: step-audio-tts preset, a Step-Audio-TTS-3B download (Step-Audio-TTS-3B/ and Step-Audio-Tokenizer/ side by
+    #: side, runtime.step1.layout), served on /v1/audio/speech
     checkpoint: str = ""
-    #: answers the step-audio preset decodes at once in its one stepping loop (more wait for a free slot)
+    #: answers the step-audio / step-audio-tts preset decodes at once in its one stepping loop (more wait for a
+    #: free slot)
     step_audio_slots: int = 8
     #: ASR model of the preset: whisper-base (default) or whisper-tiny.en (smaller, faster)
     asr_model: str = "whisper-base"
@@ -145,6 +148,18 @@ class Settings:
 
             if not Path(self.checkpoint, "config.json").is_file():
                 raise ValueError(f"--checkpoint {self.checkpoint!r} is not a checkpoint directory (no config.json)")
+            if not 1 <= self.step_audio_slots <= 256:
+                raise ValueError("step_audio_slots must be between 1 and 256")
+        elif self.preset == "step-audio-tts":
+            if self.pipeline != "cascade":
+                raise ValueError("the step-audio-tts preset serves speech only (/v1/audio/speech); realtime sessions "
+                                 "keep the cascade pipeline")
+            if not self.checkpoint:
+                raise ValueError("the step-audio-tts preset needs --checkpoint DIR (a Step-Audio-TTS-3B download in "
+                                 "the official layout; nothing is downloaded)")
+            from runtime.step1.layout import resolve_layout
+
+            resolve_layout(self.checkpoint)  # a CheckpointError (a ValueError) naming every missing file
             if not 1 <= self.step_audio_slots <= 256:
                 raise ValueError("step_audio_slots must be between 1 and 256")
         elif self.pipeline == "step-audio":
