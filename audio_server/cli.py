@@ -47,8 +47,9 @@ def _serve(args) -> int:
             print(f"voxline: {exc}", file=sys.stderr)
             return 2
         stack.default_voice()
-        tiny = (Path(settings.checkpoint) / "VOXLINE_TINY.json").is_file()
-        if tiny:
+        from audio_server.step_audio_tts_modes import is_tiny_download
+
+        if is_tiny_download(settings.checkpoint):
             print("voxline: this is the tiny test download (random weights): /v1/audio/speech returns noise-like "
                   "audio (mechanics, not speech quality)", flush=True)
         llm_name = "default, loaded on first chat (speech: step-audio-tts-3b)"

@@ -202,11 +202,13 @@ class ModelHub:
             cards.append(card(STEP_AUDIO2_ASR, "asr", f"transcription by {where} (the default here)"))
             cards.append(card("step-audio-2-realtime", "realtime", f"speech-to-speech sessions on {where}"))
         if self.settings.preset == "step-audio-tts":
-            from audio_server.step_audio_tts_modes import MODEL_NAME
+            from audio_server.step_audio_tts_modes import MODEL_NAME, is_tiny_download
 
+            noise = (" Tiny test download with random weights: the audio is noise (mechanics, not speech quality)."
+                     if is_tiny_download(self.settings.checkpoint) else "")
             cards.append(card(MODEL_NAME, "tts", f"speech by the Step-Audio-TTS-3B download {self.settings.checkpoint} "
                               "(Step1 dual-codebook ids, v1 flow, 22.05 kHz HiFT): what /v1/audio/speech serves under "
-                              f"{', '.join((TTS_MODEL, *TTS_ALIASES))} here", sample_rate=22050))
+                              f"{', '.join((TTS_MODEL, *TTS_ALIASES))} here.{noise}", sample_rate=22050))
         if self.settings.pipeline == "unified":
             cards.append(card("voxline-unified-tiny", "realtime", "unified audio LLM pipeline (dual-codebook "
                               "tokenizer, MTP audio LLM, streaming vocoder), tiny preset with random weights: "

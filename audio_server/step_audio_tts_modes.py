@@ -9,14 +9,21 @@ is a slot of the stack's one stepping loop.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from tts.piper_tts import OPENAI_VOICE_ALIASES, SentenceAudio, SpeechOptions, UnknownVoice
 
 MODEL_NAME = "step-audio-tts-3b"
+TINY_MARKER = "VOXLINE_TINY.json"  # written by runtime.step1.tiny_checkpoint: random weights
 VOICE = "default"
 ROUTE_DEFAULT_VOICE = "joe"
+
+
+def is_tiny_download(directory: str | Path) -> bool:
+    """Whether ``directory`` is the tiny random test download (its speech is noise)."""
+    return (Path(directory) / TINY_MARKER).is_file()
 
 
 class StepAudioTTSSpeaker:

@@ -58,7 +58,7 @@ REFERENCE_SAMPLING = SamplingParams(temperature=0.7, top_k=50)
 @dataclass(frozen=True)
 class StepAudioTTSOptions:
     slots: int = 4  # answers decoded at once (more wait for a free slot)
-    capacity: int = 4096  # KV positions per slot: the prompt (system text + voice ids) and the answer
+    capacity: int = 8192  # KV positions per slot, prompt + answer (the reference generates up to max_length 8192)
     max_answer_ids: int = 2500  # dual-codebook ids of one answer (41.67 per second: 60 s)
     device: str = "auto"  # auto = cuda when available
     dtype: str = "auto"  # auto = bfloat16 on cuda, float32 on cpu
