@@ -31,6 +31,7 @@ weights say nothing about speech quality: what it speaks is noise. The ONNX file
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -243,9 +244,12 @@ def write_s3_v1_onnx(path: Path, seed: int) -> None:
         def forward(self, feats: torch.Tensor, feats_length: torch.Tensor) -> torch.Tensor:
             return self.inner(feats, feats_length.long())[0]
 
-    torch.onnx.export(Exported(model), (torch.randn(1, 128, 200), torch.tensor([200], dtype=torch.int32)), str(path),
-                      dynamo=False, input_names=["feats", "feats_length"], output_names=["indices"],
-                      dynamic_axes={"feats": {0: "B", 2: "T"}, "feats_length": {0: "B"}, "indices": {0: "B", 1: "t"}})
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes say nothing here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Exported(model), (torch.randn(1, 128, 200), torch.tensor([200], dtype=torch.int32)),
+                          str(path), dynamo=False, input_names=["feats", "feats_length"], output_names=["indices"],
+                          dynamic_axes={"feats": {0: "B", 2: "T"}, "feats_length": {0: "B"},
+                                        "indices": {0: "B", 1: "t"}})
 
 
 def write_tiny_step_audio_tts(directory: str | Path, seed: int = 0) -> Path:

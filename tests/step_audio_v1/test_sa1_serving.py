@@ -79,6 +79,35 @@ def test_the_download_is_the_official_layout(download):
     assert any(k.endswith(".weight_g") for k in torch.load(layout.hift, map_location="meta", weights_only=True))
 
 
+def test_tts_prompt_is_the_reference_layout(download):
+    from runtime.step1.layout import resolve_layout
+    from runtime.step1.prompt import SYS_PROMPT_WO_SPK, Step1TextTokenizer, tts_prompt
+
+    tok = Step1TextTokenizer(resolve_layout(download).text_tokenizer)
+    enc = tok.encode
+    assert enc("\n") and enc("\nHi")[:len(enc("\n"))] == enc("\n")
+    code = [65536 + 5, 65536 + 9, 66560 + 1, 66560 + 2, 66560 + 3]
+    want = ([1, 4] + enc("system\n" + SYS_PROMPT_WO_SPK) + [3]
+            + [4] + enc("human\n") + enc("\nvoice words")[len(enc("\n")):] + [3]
+            + [4] + enc("assistant\n") + code + [3]
+            + [4] + enc("human\n") + enc("\nSay this.")[len(enc("\n")):] + [3]
+            + [4] + enc("assistant\n"))
+    assert tts_prompt("Say this.", tok, "voice words", code) == want
+    assert all(t < 65536 for t in enc("system\n" + SYS_PROMPT_WO_SPK))  # the tiny tokenizer's ids are text ids
+
+
+def test_cosyvoice_yaml_sizes(download):
+    from runtime.step1.layout import resolve_layout
+    from runtime.step1.tiny_checkpoint import FLOW_SIZES
+    from vocoder.step_audio_v1.cosyvoice_v1 import read_cosyvoice_yaml
+
+    flow, hift = read_cosyvoice_yaml(resolve_layout(download).cosyvoice_yaml)
+    assert {k: getattr(flow, k) for k in FLOW_SIZES} == FLOW_SIZES
+    assert flow.inference_cfg_rate == 0.7 and flow.input_frame_rate == 41.6667   # omegaconf DictConfig content
+    assert hift.sampling_rate == 22050 and hift.upsample_rates == (8, 8)          # !ref <sample_rate> resolved
+    assert (hift.n_fft, hift.hop_len, hift.f0_channels, hift.nsf_variant) == (16, 4, 32, "v1")
+
+
 # ---- the constraint --------------------------------------------------------------------------------------------
 def test_constraint_phase_mask_and_end_on_group_boundaries():
     vocab = 74752
@@ -238,3 +267,17 @@ def test_a_misshaped_tensor_is_named(download, tmp_path, capsys):
 
     assert main(["serve", "--preset", "step-audio-tts", "--checkpoint", str(broken), "--port", "8799"]) == 2
     assert key in capsys.readouterr().err                                        # one line, no traceback
+
+
+def test_a_missing_vocoder_tensor_is_named(download, tmp_path):
+    from realtime.step_audio_tts_stack import StepAudioTTSStack
+
+    broken = tmp_path / "broken"
+    shutil.copytree(download, broken)
+    flow_pt = broken / "Step-Audio-TTS-3B" / "CosyVoice-300M-25Hz" / "flow.pt"
+    state = torch.load(flow_pt, weights_only=True)
+    key = "encoder_proj.weight"
+    del state[key]
+    torch.save(state, flow_pt)
+    with pytest.raises(CheckpointError, match=rf"flow\.pt.*missing.*{key}"):
+        StepAudioTTSStack.load(broken)
