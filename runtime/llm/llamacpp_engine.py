@@ -132,6 +132,10 @@ class LlamaCppChatEngine(QueuedChatEngine):
         """The longest prompt that leaves room for one generated token."""
         return self.capacity - 4
 
+    def live(self) -> list[int]:
+        """The slots serving a request now (as the torch engine's ``scheduler.live()``)."""
+        return [i for i, j in enumerate(self._jobs) if j is not None]
+
     def close(self) -> None:
         """Stop the workers (a request in flight stops at its next token) and let llama.cpp's server go."""
         self._closed = True

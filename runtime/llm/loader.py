@@ -17,22 +17,45 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torc
 
 
 BACKENDS = ("torch", "llamacpp", "vllm")
-#: llama.cpp decodes the GGUF 3-4x faster, but is not the default yet: on SmolLM2-135M its quantised arithmetic
-#: answers one of tests/llm/test_chat_api.py's greedy questions differently (see bench/RESULTS.md, "llama.cpp vs
-#: torch engine").
-DEFAULT_BACKEND = "torch"
+#: llama.cpp on the packaged GGUF as it is: 3-5x the torch engine's decode speed on 2 cores (bench/RESULTS.md,
+#: "llama.cpp vs torch engine"). Where it cannot run (CPU without the wheel's instruction set, wheel missing) the
+#: default falls back to the torch engine and logs why; an explicit VOXLINE_LLM_BACKEND=llamacpp fails instead.
+DEFAULT_BACKEND = "llamacpp"
+
+
+def llamacpp_unavailable_reason() -> str | None:
+    """Why llama.cpp cannot be this process's engine (None if it can). Nothing here imports ``xllamacpp``: on a
+    CPU without the wheel's AVX2/FMA/F16C/BMI2 its import would die of SIGILL."""
+    import importlib.util
+
+    from runtime.llm.llamacpp_engine import WHEEL_CPU_FLAGS, cpu_supported
+
+    if not cpu_supported():
+        return f"this CPU lacks one of {'/'.join(sorted(WHEEL_CPU_FLAGS))} the xllamacpp wheel is built for"
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "xllamacpp is not installed (run `make install`)"
+    return None
+
+
+def default_backend() -> str:
+    """``VOXLINE_LLM_BACKEND`` unset: llama.cpp, or torch (with a logged reason) where llama.cpp cannot run."""
+    reason = llamacpp_unavailable_reason() if DEFAULT_BACKEND == "llamacpp" else None
+    if reason:
+        log.warning("chat engine: torch instead of the default llama.cpp: %s", reason)
+        return "torch"
+    return DEFAULT_BACKEND
 
 
 def options_from_env() -> tuple[EngineOptions, torch.dtype, str, str]:
-    """``VOXLINE_LLM_BACKEND`` (``torch`` default: our engine on weights dequantised to bf16; ``llamacpp``:
-    llama.cpp on the GGUF itself; ``vllm``), ``VOXLINE_LLM_SLOTS`` (concurrent requests, default 4 on llama.cpp,
+    """``VOXLINE_LLM_BACKEND`` (``llamacpp`` default: llama.cpp on the GGUF itself, or ``torch`` where it cannot
+    run — see :func:`default_backend`; ``torch``: our engine on weights dequantised to bf16; ``vllm``), ``VOXLINE_LLM_SLOTS`` (concurrent requests, default 4 on llama.cpp,
     where a slot costs only its KV cache, 2 on torch), ``VOXLINE_LLM_CAPACITY`` (positions per request,
     default 4096). Torch engine only: ``VOXLINE_LLM_MTP`` (MTP drafts per step, default 0),
     ``VOXLINE_LLM_DTYPE`` (``bfloat16`` default — half the memory traffic of float32 and faster on
     AVX512-BF16 CPUs; ``float32``), ``VOXLINE_LLM_QUANT`` (``none`` default; ``int8``: dynamic int8 linear
     layers, about twice the decode speed of bf16 here, but see :func:`quantize_int8`)."""
     env = os.environ.get
-    backend = env("VOXLINE_LLM_BACKEND") or DEFAULT_BACKEND
+    backend = env("VOXLINE_LLM_BACKEND") or default_backend()
     if backend not in BACKENDS:
         raise ValueError(f"VOXLINE_LLM_BACKEND={backend!r}; choose one of {', '.join(BACKENDS)}")
     opts = EngineOptions(slots=int(env("VOXLINE_LLM_SLOTS", "4" if backend == "llamacpp" else "2")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from contextlib import aclosing
 import weakref
 from typing import AsyncIterator, Callable, Protocol
 
@@ -53,18 +54,19 @@ async def _observed(model: str, deltas: AsyncIterator) -> AsyncIterator:
     state: str | None = "waiting"
     _move(model, None, state)
     try:
-        async for delta in deltas:
-            if first is None and (delta.text or delta.tool_call is not None):
-                first = time.perf_counter()
-                _move(model, state, "decoding")
-                state = "decoding"
-                for o in list(_observers):
-                    o.llm_first_token(model, first - t0)
-            if delta.finish_reason is not None:
-                decode_s = time.perf_counter() - first if first is not None else 0.0
-                for o in list(_observers):
-                    o.llm_finished(model, delta.prompt_tokens or 0, delta.completion_tokens or 0, decode_s)
-            yield delta
+        async with aclosing(deltas):    # closing this stream closes the engine's at once (cancels it)
+            async for delta in deltas:
+                if first is None and (delta.text or delta.tool_call is not None):
+                    first = time.perf_counter()
+                    _move(model, state, "decoding")
+                    state = "decoding"
+                    for o in list(_observers):
+                        o.llm_first_token(model, first - t0)
+                if delta.finish_reason is not None:
+                    decode_s = time.perf_counter() - first if first is not None else 0.0
+                    for o in list(_observers):
+                        o.llm_finished(model, delta.prompt_tokens or 0, delta.completion_tokens or 0, decode_s)
+                yield delta
     finally:
         _move(model, state, None)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
@@ -66,14 +67,18 @@ class QueuedChatEngine:
                                                        self.model_id, self.vision,
                                                        max_prompt_tokens=self.max_prompt_tokens,
                                                        constrain=self.constrains_output)
-        async for delta in self._consume(self._job(ids, request, parser, prepare)):
-            yield delta
+        # aclosing: closing this stream closes the job's at once (its `finally` cancels the job), not when the
+        # garbage collector gets to it — a reference cycle can keep a suspended generator alive for seconds.
+        async with aclosing(self._consume(self._job(ids, request, parser, prepare))) as deltas:
+            async for delta in deltas:
+                yield delta
 
     async def stream_prompt(self, prompt: str, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         """Raw completion of ``prompt`` (``/v1/completions``); messages/tools of ``request`` are ignored."""
         ids = await asyncio.to_thread(encode_raw_prompt, prompt, self.tokenizer, self.max_prompt_tokens)
-        async for delta in self._consume(self._job(ids, request, OutputParser(stop=request.stop))):
-            yield delta
+        async with aclosing(self._consume(self._job(ids, request, OutputParser(stop=request.stop)))) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _job(self, ids: list[int], request: ChatRequest, parser: OutputParser,
              prepare: Callable[[], None] | None = None) -> QueuedJob:

@@ -1,7 +1,11 @@
 """The OpenAI-compatible chat endpoints through the official `openai` SDK against a live server.
 
-SmolLM2-135M carries most tests (fast); the default Qwen2.5 0.5B answers one factual question, because
-the realtime voice chat depends on it being sensible.
+SmolLM2-135M carries most tests (fast); the default Qwen2.5 0.5B answers the factual questions, because the
+realtime voice chat depends on it being sensible. The engine is the process default (llama.cpp where the CPU runs
+it, else torch). No SmolLM2 answer is checked for its words: at 135M parameters a greedy answer hangs on near-ties
+that the engine's arithmetic decides (llama.cpp's 8-bit activations answer "What is the capital of France?" with
+"L'Étoile, la Marseillaise," where bf16 torch says Paris). Its tests check what any engine must do: non-empty
+answers, finish reasons, usage, and the same greedy answer for the same request, alone, streamed or batched.
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
+def live_slots(engine) -> list[int]:
+    """The engine's slots serving a request now (the torch engine's scheduler, or llama.cpp's workers)."""
+    return engine.scheduler.live() if hasattr(engine, "scheduler") else engine.live()
+
+
 def test_chat_completion(llm_client):
     r = llm_client.chat.completions.create(model=SMALL, messages=CAPITAL, temperature=0, max_tokens=24)
     assert r.object == "chat.completion" and r.model == SMALL
-    assert "Paris" in r.choices[0].message.content
-    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content.strip() and not r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason in ("stop", "length")
+    if r.choices[0].finish_reason == "length":
+        assert r.usage.completion_tokens == 24
+    again = llm_client.chat.completions.create(model=SMALL, messages=CAPITAL, temperature=0, max_tokens=24)
+    assert again.choices[0].message.content == r.choices[0].message.content     # greedy: the same answer
     assert r.usage.prompt_tokens > 10 and 0 < r.usage.completion_tokens <= 24
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
@@ -129,11 +142,14 @@ def test_bad_requests_are_openai_errors(llm_client, llm_server):
 
 def test_completions_endpoint(llm_client):
     r = llm_client.completions.create(model=SMALL, prompt="The capital of France is", max_tokens=6, temperature=0)
-    assert r.object == "text_completion" and "Paris" in r.choices[0].text
-    assert r.usage.completion_tokens <= 6
+    assert r.object == "text_completion" and r.choices[0].text.strip()
+    assert 0 < r.usage.completion_tokens <= 6 and r.choices[0].finish_reason in ("stop", "length")
     chunks = list(llm_client.completions.create(model=SMALL, prompt="The capital of France is", max_tokens=6,
                                                 temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    # The default model continues the sentence with the fact.
+    d = llm_client.completions.create(model=DEFAULT, prompt="The capital of France is", max_tokens=6, temperature=0)
+    assert "Paris" in d.choices[0].text, d.choices[0].text
 
 
 def test_models_lists_the_llms(llm_client):
@@ -156,7 +172,7 @@ def test_concurrent_requests_share_the_engine(llm_client):
     alone = [ask(q) for q in questions[:2]]
     with ThreadPoolExecutor(3) as pool:
         together = list(pool.map(ask, questions))
-    assert "Paris" in alone[0]
+    assert all(a.strip() for a in alone) and alone[0] != alone[1]
     assert together == [alone[0], alone[1], alone[0]]
 
 
@@ -169,10 +185,10 @@ def test_client_disconnect_frees_the_slot(llm_server, small_engine):
             lines = r.iter_lines()
             got = [next(lines) for _ in range(4)]
             assert any(line.startswith("data: ") for line in got)
-    deadline = time.time() + 10
-    while small_engine.scheduler.live() and time.time() < deadline:
+    deadline = time.time() + 30             # the next token frees it, however slow tokens are here
+    while live_slots(small_engine) and time.time() < deadline:
         time.sleep(0.05)
-    assert not small_engine.scheduler.live(), "generation kept running after the client left"
+    assert not live_slots(small_engine), "generation kept running after the client left"
 
 
 def test_engine_stream_cancellation(small_engine):
@@ -184,9 +200,14 @@ def test_engine_stream_cancellation(small_engine):
         await stream.__anext__()
         await stream.aclose()
         steps = small_engine.stats["steps"]
-        await asyncio.sleep(0.5)
+        # The slot is freed at the engine's next token (llama.cpp) or step (torch): wait for it, however slow a
+        # token is on a loaded machine; a request that went on decoding would still hold it after 30 s.
+        for _ in range(600):
+            if not live_slots(small_engine):
+                break
+            await asyncio.sleep(0.05)
         return steps
 
     steps = asyncio.run(run())
-    assert not small_engine.scheduler.live()
+    assert not live_slots(small_engine)
     assert small_engine.stats["steps"] <= steps + 1      # at most the step already under way
