@@ -26,7 +26,9 @@ What it measures
   firing inside the pause.
 - **Concurrency.** `--sessions N` runs N sessions at once (staggered starts); p95 is reported, and whether the
   input kept real time: each frame's send lateness p99 < 0.2 s (a server that stops reading backs the socket
-  up). Playback stalls of a simulated player fed the deltas as they arrive are reported too.
+  up) and VAD lag p95 < 0.5 s (`speech_stopped` arrival − the wall time of its `audio_end_ms` on the
+  microphone's clock − the longest silence the session's turn detection waits: how far the server's input
+  processing runs behind). Playback stalls of a simulated player fed the deltas as they arrive are reported too.
 
     .venv/bin/python -m bench.voice_turn --quick                      # a few turns of each set, a look
     .venv/bin/python -m bench.voice_turn --turns 50 --out artifacts/voice_turn-1.json
@@ -61,6 +63,7 @@ TURN_TIMEOUT_S = 40.0  # after the end of speech; a turn not answered by then co
 ENDPOINT_SILENCE_S = 0.5  # the naive cascade's fixed end-pointing silence
 ENDPOINT_DBFS = -45.0  # its speech/silence decision per 20 ms frame
 REALTIME_INPUT_LAG_P99_S = 0.2
+REALTIME_VAD_LAG_P95_S = 0.5
 AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
 TEXT_DELTAS = ("response.output_audio_transcript.delta", "response.audio_transcript.delta")
 GOALS = {"p50_s": 0.45, "p90_s": 0.7, "ratio": 0.4, "p95_4_sessions_s": 1.2, "false_cutoff_rate": 0.05}
@@ -310,6 +313,10 @@ class VoiceSession:
         self.lags: list[float] = []  # send lateness of the frames sent during a turn
         self.turn: StreamTurn | None = None
         self.errors: list[str] = []
+        #: speech_stopped arrival − the wall time of the audio it names as the speech's end − the silence the
+        #: server's turn detection waits for at most: how far its input processing runs behind real time
+        self.vad_lags: list[float] = []
+        self.turn_detection: dict | None = None
 
     async def open(self) -> None:
         import websockets
@@ -367,7 +374,10 @@ class VoiceSession:
     def _on_event(self, ev: dict, now: float) -> None:
         kind, turn = ev.get("type"), self.turn
         if kind == "session.updated":
+            self.turn_detection = ((ev["session"].get("audio") or {}).get("input") or {}).get("turn_detection")
             self.updated.set()
+        elif kind == "input_audio_buffer.speech_stopped" and "audio_end_ms" in ev and turn is not None:
+            self.vad_lags.append(now - (self.t0 + ev["audio_end_ms"] / 1000) - self.max_silence_s())
         elif kind == "error":
             self.errors.append(str((ev.get("error") or {}).get("message")))
         if turn is None:
@@ -398,6 +408,14 @@ class VoiceSession:
                     r.player_end = now
                 r.player_end += seconds
                 r.audio_s += seconds
+
+    def max_silence_s(self) -> float:
+        from realtime.config import SEMANTIC_EAGERNESS
+
+        td = self.turn_detection or {}
+        if td.get("type") == "semantic_vad":
+            return SEMANTIC_EAGERNESS[td.get("eagerness", "auto")].max_silence_ms / 1000
+        return td.get("silence_duration_ms", 500) / 1000
 
     async def run_turn(self, clip: Clip, set_name: str) -> TurnResult:
         loop = asyncio.get_running_loop()
@@ -567,7 +585,11 @@ def summarize(rows: list[TurnResult], sessions: list[VoiceSession] | None) -> di
         out["input_lag_p99_s"] = _r(pct(lags, 99)) if lags else None
         out["input_lag_max_s"] = _r(max(lags)) if lags else None
         out["stall_ratio"] = round(stall / audio, 4) if audio else None
-        out["realtime"] = bool(lags) and pct(lags, 99) < REALTIME_INPUT_LAG_P99_S
+        vad = [x for s in sessions for x in s.vad_lags]
+        out["vad_lag_p95_s"] = _r(pct(vad, 95)) if vad else None
+        out["realtime"] = (bool(lags) and pct(lags, 99) < REALTIME_INPUT_LAG_P99_S
+                           and (not vad or pct(vad, 95) < REALTIME_VAD_LAG_P95_S))
+        out["turn_detection"] = sessions[0].turn_detection if sessions else None
         out["errors"] = sorted({e for s in sessions for e in s.errors})
     return out
 
@@ -578,9 +600,9 @@ def _f(x, unit: str = " s") -> str:
 
 def table(results: dict, n: int) -> str:
     head = ("| set | pipeline | sessions | turns | answered | L_user p50 | p90 | p95 | false cut-offs | "
-            "→ speech_stopped / end-point | → transcript | → first text | → whole answer | input lag p99 | real time | "
-            "stalls |")
-    lines = [head, "|" + "---|" * 16]
+            "→ speech_stopped / end-point | → transcript | → first text | → whole answer | input lag p99 | "
+            "VAD lag p95 | real time | stalls |")
+    lines = [head, "|" + "---|" * 17]
     for key, s in results.items():
         set_name, pipeline = key.split("/")
         stream = pipeline == "stream"
@@ -589,7 +611,7 @@ def table(results: dict, n: int) -> str:
             f"{s['answered']} | {_f(s['p50_s'])} | {_f(s['p90_s'])} | {_f(s['p95_s'])} | "
             f"{s['false_cutoffs']} ({_f(s['false_cutoff_rate'], '')}) | {_f(s['to_stopped_p50_s'])} | "
             f"{_f(s['to_transcript_p50_s'])} | {_f(s['to_first_text_p50_s'])} | {_f(s['to_answer_p50_s'])} | "
-            f"{_f(s.get('input_lag_p99_s')) if stream else '—'} | "
+            f"{_f(s.get('input_lag_p99_s')) if stream else '—'} | {_f(s.get('vad_lag_p95_s')) if stream else '—'} | "
             f"{('yes' if s.get('realtime') else 'NO') if stream else '—'} | "
             f"{_f(s.get('stall_ratio'), '') if stream else '—'} |")
     return "\n".join(lines)
@@ -616,6 +638,17 @@ def goals(results: dict, n: int) -> list[str]:
                    f"({pause['false_cutoff_rate']:.0%}; goal ≤ {GOALS['false_cutoff_rate']:.0%}): "
                    f"{'met' if pause['false_cutoff_rate'] <= GOALS['false_cutoff_rate'] else 'MISSED'}")
     return out
+
+
+def llm_description(engine) -> dict:
+    """The embedded LLM both pipelines use (the server's follows the same environment as this process)."""
+    import os
+
+    from runtime.llm import default_model, loader
+
+    backend = os.environ.get("VOXLINE_LLM_BACKEND") or getattr(loader, "DEFAULT_BACKEND", None)
+    return {"model": default_model(), "backend": backend,
+            "peer_engine": None if engine is None else type(getattr(engine, "inner", engine)).__name__}
 
 
 def parse_turn_detection(value: str | None) -> dict | None:
@@ -708,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({
             "date": today(), "machine": machine(), "args": argv, "sessions": args.sessions,
             "turn_detection": turn_detection or "server default", "asr_model": hub.settings.asr_model,
-            "llm": type(hub.llm()).__name__ if not args.no_peer else None, "wall_s": round(wall, 1),
+            "llm": llm_description(None if args.no_peer else hub.llm()), "wall_s": round(wall, 1),
             "goals": GOALS, "summary": results, "goal_lines": goals(results, args.sessions),
             "turns": [asdict(r) for r in rows]}, indent=1, ensure_ascii=False))
         print(f"[voice_turn] wrote {args.out}")
