@@ -160,6 +160,14 @@ class SpeechRequest(BaseModel):
 _TTS_MODELS = (TTS_MODEL, *TTS_ALIASES)  # one list with /v1/models (audio_server.models)
 
 
+def _preset_speech_models(settings) -> tuple[str, ...]:
+    """A checkpoint preset's own speech model, by its /v1/models name (the standard names above serve it too)."""
+    if settings.preset == "step-audio-tts":
+        from audio_server.step_audio_tts_modes import MODEL_NAME
+        return (MODEL_NAME,)
+    return ()
+
+
 @router.post("/v1/audio/speech")
 async def speech(request: Request):
     state = request.app.state
@@ -173,8 +181,9 @@ async def speech(request: Request):
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
         raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param or None) from exc
-    if body.model not in _TTS_MODELS:
-        raise APIError(400, f"unknown speech model {body.model!r}; available: {', '.join(_TTS_MODELS)}", param="model")
+    accepted = _TTS_MODELS + _preset_speech_models(settings)
+    if body.model not in accepted:
+        raise APIError(400, f"unknown speech model {body.model!r}; available: {', '.join(accepted)}", param="model")
     if len(body.input) > settings.max_speech_chars:
         raise APIError(400, f"input is longer than {settings.max_speech_chars} characters", param="input")
     if not has_speech(body.input):  # spaces, emoji only: a 0 s file would be a silent success

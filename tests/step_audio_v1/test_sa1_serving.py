@@ -186,6 +186,15 @@ def test_models_lists_the_tts_model(server):
     assert "random weights" in cards["step-audio-tts-3b"].description  # the tiny download says its audio is noise
 
 
+def test_speech_route_accepts_the_listed_model_name(server):
+    import httpx
+
+    reply = httpx.post(server.base_url + "/v1/audio/speech", timeout=120,
+                       json={"model": "step-audio-tts-3b", "input": "Hi.", "response_format": "wav"})
+    assert reply.status_code == 200, reply.text
+    assert reply.content[:4] == b"RIFF"
+
+
 def test_pipeline_greedy_with_a_budget_cut_mid_group(server):
     stack = server.stack
     result = stack.synthesize("Testing one two.", params=GREEDY, max_new=23)
