@@ -57,6 +57,10 @@ class Metrics:
             "voxline_realtime_turn_latency_seconds",
             "Realtime turn latency: end of user speech (or commit / response.create) to first audio delta sent",
             ["trigger"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.realtime_speculations = Counter(
+            "voxline_realtime_speculations_total",
+            "Speculative realtime responses started at a pause inside a turn: committed (the turn ended there and the "
+            "response took it over) or dropped (the user went on; nothing of it was sent)", ["outcome"], registry=r)
         self.ws_errors = Counter("voxline_ws_protocol_errors_total", "Protocol errors sent on sockets",
                                  ["kind", "code"], registry=r)
         self.llm_ttft = Histogram("voxline_llm_time_to_first_token_seconds",

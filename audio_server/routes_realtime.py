@@ -56,7 +56,7 @@ async def speech_models(hub):
 def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
               on_backlog: Callable[[int], None]) -> RealtimeHost:
     """The realtime session of one connection, for every transport: the app's models, chat engine (loaded on
-    first use), limits and turn-latency metric. Registered in `live_sessions` until `close_host`."""
+    first use), limits, turn-latency and speculation metrics. Registered in `live_sessions` until `close_host`."""
     settings, metrics = app.state.settings, app.state.metrics
     loop = asyncio.get_running_loop()
     model = config.model
@@ -67,10 +67,13 @@ def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
     def observe(latency: float, trigger: str) -> None:
         metrics.realtime_turn_latency.labels(trigger).observe(latency)
 
+    def speculated(outcome: str) -> None:
+        metrics.realtime_speculations.labels(outcome).inc()
+
     limits = SessionLimits(settings.max_input_buffer_s, settings.max_conversation_bytes, settings.max_append_bytes,
                            settings.max_queued_events)
     host = RealtimeHost(session_id, vad, config, app.state.hub, load_engine, sink, limits=limits,
-                        on_turn_latency=observe, on_backlog=on_backlog)
+                        on_turn_latency=observe, on_backlog=on_backlog, on_speculation=speculated)
     live_sessions(app)[host.id] = host
     app.state.realtime_loop = loop  # where sessions run (tests check that none leaves a task behind)
     return host

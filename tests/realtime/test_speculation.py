@@ -13,6 +13,7 @@ import base64
 import json
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from realtime.config import SessionConfig, Speculation, TurnDetection
 from realtime.host import RealtimeHost
 from realtime.pipeline import PipelineOptions
 from realtime.protocol import AudioAppend, Dialect, SessionUpdate, json_sink
+from realtime.runner import SessionRunner
 from realtime.session import DropSpeculation, RealtimeSession, Speculate, SpeculateResponse, StartResponse
 from realtime.unified_turn import Collector
 from runtime.chat_api import ChatRequest, ToolCall
@@ -52,26 +54,35 @@ class Run:
                                  on_turn_latency=lambda s, _trigger: self.latencies.append(s))
         self.runner = self.host.runner
 
-    async def send(self, pcm: np.ndarray, chunk_ms: int = 40) -> None:
-        step = 24 * chunk_ms
-        for i in range(0, len(pcm), step):
-            await self.runner.handle_text(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(
-                pcm[i:i + step].astype("<i2").tobytes()).decode()}))
-            await asyncio.sleep(0)
+    async def send(self, pcm: np.ndarray) -> None:
+        await send_pcm(self.runner, pcm)
 
     async def event(self, ev: dict) -> None:
         await self.runner.handle_text(json.dumps(ev))
 
     def prepared(self) -> bool:
-        """A speculation has started and its first answer audio is waiting (unsent)."""
-        return any(t.done() and not t.cancelled() and t.exception() is None and t.result() is not None
-                   and t.result().audio_ready for t in self.runner.speculations.values())
+        return prepared(self.runner)
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.client.events]
 
     def done(self) -> list[dict]:
         return [e["response"] for e in self.client.events if e["type"] == "response.done"]
+
+
+async def send_pcm(runner: SessionRunner, pcm: np.ndarray, chunk_ms: int = 40) -> None:
+    """24 kHz pcm16 in 40 ms appends, as fast as the session takes them."""
+    step = 24 * chunk_ms
+    for i in range(0, len(pcm), step):
+        await runner.handle_text(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(
+            pcm[i:i + step].astype("<i2").tobytes()).decode()}))
+        await asyncio.sleep(0)
+
+
+def prepared(runner: SessionRunner) -> bool:
+    """A speculation has started and its first answer audio is waiting (unsent)."""
+    return any(t.done() and not t.cancelled() and t.exception() is None and t.result() is not None
+               and t.result().audio_ready for t in runner.speculations.values())
 
 
 async def until(condition, what: str, timeout: float = 30.0) -> None:
@@ -393,3 +404,32 @@ def test_the_speculative_pause_is_a_setting():
     assert any(isinstance(c, SpeculateResponse) for c in append(late, silence(0.2)))
     with pytest.raises(ValueError):
         Speculation(pause_ms=50)
+
+
+# ---- the same with the real models: Silero, Whisper, the embedded LLM (greedy), Piper ----------------------
+def test_committed_speculation_equals_a_plain_run_with_the_real_models(hub, real_engine, say):
+    speech = say("What is the capital of France?")
+
+    async def scenario(speculation: Speculation) -> tuple[list[dict], bytes, dict]:
+        client = Collector()
+        config = replace(SessionConfig(), temperature=0.0, max_output_tokens=40)  # greedy, one short answer
+        host = RealtimeHost("sess_real", hub.vad(), config, hub, real_engine,
+                            json_sink(client.send, Dialect.GA, "sess_real"), options=PipelineOptions(lead_ms=10_000),
+                            speculation=speculation)
+        runner = host.runner
+        await host.start()
+        await send_pcm(runner, np.concatenate([silence(0.3), speech, silence(0.3)]))
+        if speculation.responses:
+            await until(lambda: prepared(runner), "a speculation on the whole question", timeout=300)
+        await send_pcm(runner, silence(0.6))
+        await client.wait_for("response.done", timeout=300)
+        await host.close()
+        return client.events, client.audio(), dict(runner.speculation_counts)
+
+    spec_events, spec_audio, counts = asyncio.run(scenario(Speculation()))
+    plain_events, plain_audio, _ = asyncio.run(scenario(Speculation(responses=False)))
+    assert counts["committed"] == 1
+    done = [e for e in spec_events if e["type"] == "response.done"][-1]["response"]
+    assert done["status"] in ("completed", "incomplete") and spec_audio
+    assert spec_audio == plain_audio
+    assert normalized(spec_events) == normalized(plain_events)
