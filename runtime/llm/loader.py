@@ -48,8 +48,9 @@ def default_backend() -> str:
 
 def options_from_env() -> tuple[EngineOptions, torch.dtype, str, str]:
     """``VOXLINE_LLM_BACKEND`` (``llamacpp`` default: llama.cpp on the GGUF itself, or ``torch`` where it cannot
-    run — see :func:`default_backend`; ``torch``: our engine on weights dequantised to bf16; ``vllm``), ``VOXLINE_LLM_SLOTS`` (concurrent requests, default 4 on llama.cpp,
-    where a slot costs only its KV cache, 2 on torch), ``VOXLINE_LLM_CAPACITY`` (positions per request,
+    run — see :func:`default_backend`; ``torch``: our engine on weights dequantised to bf16; ``vllm``),
+    ``VOXLINE_LLM_SLOTS`` (concurrent requests, default 4 on llama.cpp, where a slot costs only its KV cache, 2 on
+    torch), ``VOXLINE_LLM_CAPACITY`` (positions per request,
     default 4096). Torch engine only: ``VOXLINE_LLM_MTP`` (MTP drafts per step, default 0),
     ``VOXLINE_LLM_DTYPE`` (``bfloat16`` default — half the memory traffic of float32 and faster on
     AVX512-BF16 CPUs; ``float32``), ``VOXLINE_LLM_QUANT`` (``none`` default; ``int8``: dynamic int8 linear
