@@ -92,6 +92,7 @@ class SessionRunner:
         # speculation id → the task preparing it (its result: the running stream, or None if it never started)
         self.speculations: dict[str, asyncio.Task[PreparedStream | None]] = {}
         self.speculation_counts = {"committed": 0, "dropped": 0}
+        self._prepared: set[PreparedStream] = set()  # every speculative stream not yet closed
         self._on_speculation = on_speculation
         self.closed = False
         self.backend: ResponseBackend = backend or new_backend(session.id, models, engine, self.options)
@@ -106,6 +107,8 @@ class SessionRunner:
         """Cancel and await every task of the session (responses, ASR waits, the writer)."""
         self.closed = True
         await self.tasks.cancel_all()
+        for prepared in list(self._prepared):  # a pump cancelled while it waited leaves its stream open: close it
+            await prepared.aclose()
         for fut in self.transcripts.values():
             fut.cancel()
         self.transcripts.clear()
@@ -244,7 +247,10 @@ class SessionRunner:
         options, context, chat = built
         stream = self.backend.respond(ResponseRequest(cmd.speculation_id, options, tuple(context), chat))
         log.debug("[%s] speculation %s started on %r", self.session.id, cmd.speculation_id, text)
-        return PreparedStream(cmd.speculation_id, options, chat, stream, self.tasks.spawn)
+        prepared = PreparedStream(cmd.speculation_id, options, chat, stream, self.tasks.spawn,
+                                  on_close=self._prepared.discard)
+        self._prepared.add(prepared)
+        return prepared
 
     async def _discard(self, task: asyncio.Task[PreparedStream | None], why: str) -> None:
         """Forget a speculation: cancel its preparation, or close the stream it started."""

@@ -35,9 +35,11 @@ class PreparedStream:
     closing session cancels it with everything else)."""
 
     def __init__(self, speculation_id: str, options: ResponseOptions, chat: ChatRequest, stream: ResponseStream,
-                 spawn: Callable[[Coroutine, str], asyncio.Task]):
+                 spawn: Callable[[Coroutine, str], asyncio.Task],
+                 on_close: Callable[[PreparedStream], None] | None = None):
         self.id, self.options, self.chat = speculation_id, options, chat
         self._stream = stream
+        self._on_close = on_close
         self._outputs: asyncio.Queue = asyncio.Queue()
         self._acks: asyncio.Queue[Played | None] = asyncio.Queue(maxsize=1)
         self._owes_ack = False  # the last output handed out was audio: its `Played` goes to the backend
@@ -77,8 +79,10 @@ class PreparedStream:
         return item
 
     async def aclose(self) -> None:
-        """Stop the pump and close the backend's stream (its LLM and synthesis stop, as at a cancel)."""
+        """Stop the pump and close the backend's stream (its LLM and synthesis stop, as at a cancel). Idempotent."""
         if not self._pump.done():
             self._pump.cancel()
         await asyncio.gather(self._pump, return_exceptions=True)
         await self._stream.aclose()
+        if self._on_close is not None:
+            self._on_close(self)

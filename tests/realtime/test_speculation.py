@@ -335,6 +335,21 @@ def test_a_dropped_speculation_that_called_a_tool_leaves_no_call():
     assert run.runner.speculation_counts["dropped"] == 1
 
 
+def test_closing_the_session_closes_a_prepared_speculation():
+    async def scenario() -> Run:
+        slow = Script(("Hello there.", " More words", " and more", " and more."), delay_s=0.05)
+        run = Run([WHOLE], engine=FakeEngine(slow))
+        await run.host.start()
+        await run.send(np.concatenate([silence(0.2), tone(0.8), silence(0.3)]))
+        await until(run.prepared, "a speculation")
+        await run.host.close()  # the client went away during the pause
+        assert run.engine.open_streams == 0 and run.engine.closed_streams == 1  # closed by close(), not by GC
+        return run
+
+    run = asyncio.run(scenario())
+    assert "response.created" not in run.types()
+
+
 # ---- the session's decisions, without a loop ---------------------------------------------------------------
 def append(session: RealtimeSession, pcm: np.ndarray) -> list:
     out = []
