@@ -2,8 +2,8 @@
 
 What it measures
 - **Clips.** Spoken questions in voices the service was never tuned on: espeak-ng (several accents, variants and
-  rates) and Piper's joe voice at other speeds with sampled prosody noise (the service answers with Piper joe at
-  its default settings; no other Piper voice is packaged). 24 kHz pcm16, 0.5 s of lead-in silence.
+  rates) and Piper's joe voice at other speeds (the service answers with Piper joe at its default speed; no other
+  Piper voice is packaged). Deterministic: every run hears the same clips. 24 kHz pcm16, 0.5 s of lead-in.
 - **True end of speech**, from the clip itself, offline: the last sample above an energy threshold (35 dB below
   the clip's loudest 10 ms, at least -55 dBFS). Not the server's VAD.
 - **Streaming (the service).** The server runs the embedded preset in its own process (`bench.load.Server`), on a
@@ -29,11 +29,16 @@ What it measures
   up) and VAD lag p95 < 0.5 s (`speech_stopped` arrival − the wall time of its `audio_end_ms` on the
   microphone's clock − the longest silence the session's turn detection waits: how far the server's input
   processing runs behind). Playback stalls of a simulated player fed the deltas as they arrive are reported too.
+- Also: where the wait goes (p50 from the true end to `speech_stopped`, the input transcript, the first answer
+  text; the cascade's end-point, transcript, first and whole answer), and the input WER of what each pipeline
+  heard. A conversation lasts `--turns-per-session` turns (10), then the session and the cascade's history are
+  renewed, so prompts stay the size of a real conversation's. One warm-up turn per set is not counted. Progress
+  is one line per turn on stdout; the JSON (`--out`) holds every turn.
 
     .venv/bin/python -m bench.voice_turn --quick                      # a few turns of each set, a look
     .venv/bin/python -m bench.voice_turn --turns 50 --out artifacts/voice_turn-1.json
     .venv/bin/python -m bench.voice_turn --set pause --turns 50 --out artifacts/voice_turn-pause.json
-    .venv/bin/python -m bench.voice_turn --sessions 4 --turns 48 --no-peer --out artifacts/voice_turn-4.json
+    .venv/bin/python -m bench.voice_turn --sessions 4 --turns 60 --no-peer --out artifacts/voice_turn-4.json
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import asyncio
 import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,9 +97,10 @@ PAUSE_QUESTIONS = (
 )
 PAUSES_MS = (300, 400, 500, 600, 700)
 #: ("espeak", voice+variant, words per minute) or ("piper", speed, prosody noise); 8 voices, coprime with the
-#: question counts so that the (question, voice) pairs do not repeat for a long while
-VOICES = (("espeak", "en-us+f3", 165), ("espeak", "en-gb+m3", 150), ("piper", 0.9, 0.667),
-          ("espeak", "en-gb-scotland", 180), ("espeak", "en-029+f2", 160), ("piper", 1.15, 0.8),
+#: question counts so that the (question, voice) pairs do not repeat for a long while. No Piper noise: sampled
+#: noise cannot be seeded (it is drawn inside the ONNX graph), and runs must hear the same clips.
+VOICES = (("espeak", "en-us+f3", 165), ("espeak", "en-gb+m3", 150), ("piper", 0.85, 0.0),
+          ("espeak", "en-gb-scotland", 180), ("espeak", "en-029+f2", 160), ("piper", 1.2, 0.0),
           ("espeak", "en-us-nyc+Andy", 190), ("espeak", "en-gb-x-rp+f4", 140))
 
 
@@ -176,7 +183,7 @@ def piper(tts, text: str, speed: float, noise: float) -> np.ndarray:
 
     from tts.piper_tts import length_scale_for
 
-    config = SynthesisConfig(length_scale=length_scale_for(speed), noise_scale=noise, noise_w_scale=0.8)
+    config = SynthesisConfig(length_scale=length_scale_for(speed), noise_scale=noise, noise_w_scale=noise)
     parts = [c.audio_int16_array for c in tts.voice.synthesize(text, config)]
     return _to_24k(np.concatenate(parts).astype(np.float32) / 32768, tts.sample_rate)
 
@@ -384,9 +391,10 @@ class VoiceSession:
             return
         if kind == "input_audio_buffer.speech_stopped" and turn.stopped is None and now >= turn.t_end:
             turn.stopped = now
-        elif kind == "conversation.item.input_audio_transcription.completed" and now >= turn.t_end:
-            turn.transcript = turn.transcript or now
-            turn.heard = ev.get("transcript", "")
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            if now >= turn.t_end:
+                turn.transcript = turn.transcript or now
+            turn.heard = (turn.heard + " " + ev.get("transcript", "")).strip()  # a cut-off turn has two
         elif kind == "response.created":
             turn.responses[ev["response"]["id"]] = Response(now)
         elif kind in AUDIO_DELTAS or kind in TEXT_DELTAS or kind == "response.done":
@@ -421,7 +429,10 @@ class VoiceSession:
         loop = asyncio.get_running_loop()
         self.started = loop.create_future()
         self.next_clip = clip
-        t_clip = await self.started
+        try:
+            t_clip = await asyncio.wait_for(self.started, 30)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"session {self.index}: the microphone stopped ({self.mic!r}; {self.errors})") from None
         self.turn = turn = StreamTurn(clip, t_clip)
         while not turn.finished(time.perf_counter()):
             await asyncio.sleep(0.05)
@@ -579,6 +590,10 @@ def summarize(rows: list[TurnResult], sessions: list[VoiceSession] | None) -> di
         vals = [getattr(r, key) for r in rows if getattr(r, key) is not None]
         out[key[:-2] + "_p50_s"] = _r(pct(vals, 50)) if vals else None
     out["false_cutoff_rate"] = round(out["false_cutoffs"] / len(rows), 3) if rows else None
+    if rows:  # how well the question was heard (the service's transcript event; the cascade's own decode)
+        from asr.textnorm import word_error_rate
+
+        out["input_wer"] = round(word_error_rate([r.text for r in rows], [r.heard for r in rows]), 3)
     if sessions is not None:
         lags = [x for s in sessions for x in s.lags]
         audio, stall = sum(r.audio_s for r in rows), sum(r.stall_s for r in rows)
@@ -601,8 +616,8 @@ def _f(x, unit: str = " s") -> str:
 def table(results: dict, n: int) -> str:
     head = ("| set | pipeline | sessions | turns | answered | L_user p50 | p90 | p95 | false cut-offs | "
             "→ speech_stopped / end-point | → transcript | → first text | → whole answer | input lag p99 | "
-            "VAD lag p95 | real time | stalls |")
-    lines = [head, "|" + "---|" * 17]
+            "VAD lag p95 | real time | stalls | input WER |")
+    lines = [head, "|" + "---|" * 18]
     for key, s in results.items():
         set_name, pipeline = key.split("/")
         stream = pipeline == "stream"
@@ -613,7 +628,7 @@ def table(results: dict, n: int) -> str:
             f"{_f(s['to_transcript_p50_s'])} | {_f(s['to_first_text_p50_s'])} | {_f(s['to_answer_p50_s'])} | "
             f"{_f(s.get('input_lag_p99_s')) if stream else '—'} | {_f(s.get('vad_lag_p95_s')) if stream else '—'} | "
             f"{('yes' if s.get('realtime') else 'NO') if stream else '—'} | "
-            f"{_f(s.get('stall_ratio'), '') if stream else '—'} |")
+            f"{_f(s.get('stall_ratio'), '') if stream else '—'} | {_f(s.get('input_wer'), '')} |")
     return "\n".join(lines)
 
 
@@ -697,23 +712,25 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     log_dir = Path(tempfile.mkdtemp(prefix="voxline-voice-turn-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
     server = Server(args.url, None, log_dir)
     print(f"[voice_turn] server {server.base} (pid {server.pid}, log {log_dir}/server.log); loading this "
           "process's models (clips" + ("" if args.no_peer else ", naive cascade") + ")…", flush=True)
-    hub = ModelHub(Settings.from_env())
-    tts = hub.tts()
     sets = ["main", "pause"] if args.set == "both" else [args.set]
-    clips = {s: build_clips(tts, s, args.turns) for s in sets}
-    warmup = build_clips(tts, "main", 1, offset=len(QUESTIONS) * len(VOICES) - 1)[0]
-    if not args.no_peer:
-        hub.asr(), hub.llm()
-    for s in sets:
-        speech = [c.speech_s for c in clips[s]]
-        print(f"[voice_turn] {s}: {len(clips[s])} clips, speech {np.mean(speech):.1f} s on average"
-              + (f", pauses {sorted({c.pause_ms for c in clips[s]})} ms" if s == "pause" else ""), flush=True)
     results: dict[str, dict] = {}
     rows: list[TurnResult] = []
+    hub = None
     try:
+        hub = ModelHub(Settings.from_env())
+        tts = hub.tts()
+        clips = {s: build_clips(tts, s, args.turns) for s in sets}
+        warmup = build_clips(tts, "main", 1, offset=len(QUESTIONS) * len(VOICES) - 1)[0]
+        if not args.no_peer:
+            hub.asr(), hub.llm()
+        for s in sets:
+            speech = [c.speech_s for c in clips[s]]
+            print(f"[voice_turn] {s}: {len(clips[s])} clips, speech {np.mean(speech):.1f} s on average"
+                  + (f", pauses {sorted({c.pause_ms for c in clips[s]})} ms" if s == "pause" else ""), flush=True)
         server.wait_ready()
         print(f"[voice_turn] ready after {time.perf_counter() - t_start:.0f} s; {args.sessions} session(s), "
               f"turn detection: {turn_detection or 'server default'}", flush=True)
@@ -727,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{s}/cascade"] = summarize([r for r in got if r.pipeline == "cascade"], None)
     finally:
         server.stop()
-        hub.close()
+        if hub is not None:
+            hub.close()
     print()
     print(table(results, args.sessions))
     print()
