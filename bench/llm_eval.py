@@ -119,8 +119,15 @@ def numbers_in(text: str) -> list[float]:
     """Every number ``text`` writes: digits (``1,200``, ``-3``, ``2.5``) and English number words up to thousands."""
     found = [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
     words = re.findall(r"[a-z]+", text.lower().replace("-", " "))
-    value, current, inside = 0, 0, False
+    value, current, inside, prev = 0, 0, False, ""
     for w in words + [""]:
+        if w == "and" and prev in ("hundred", "thousand"):     # "one hundred and five"; "two and two" is two numbers
+            continue
+        last, prev = prev, w
+        if (w in _UNITS and (last in _UNITS or (last in _TENS and _UNITS[w] >= 10))) or (w in _TENS and
+                                                                                    (last in _UNITS or last in _TENS)):
+            found.append(float(value + current))                # "one, two, three": three numbers, not six
+            value, current = 0, 0
         if w in _UNITS:
             current += _UNITS[w]
         elif w in _TENS:
@@ -129,8 +136,6 @@ def numbers_in(text: str) -> list[float]:
             current = max(current, 1) * 100
         elif w == "thousand" and inside:
             value, current = value + max(current, 1) * 1000, 0
-        elif w == "and" and inside:
-            continue
         else:
             if inside:
                 found.append(float(value + current))
