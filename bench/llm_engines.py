@@ -3,6 +3,7 @@ engine (weights dequantised to bf16), same prompts, 1 and 4 concurrent requests.
 
     python -m bench.llm_engines [--model qwen2.5-coder-0.5b-instruct] [--rounds 2] [--max-tokens 48]
                                 [--concurrency 1,4] [--engines llamacpp,torch]
+    .venv-vllm/bin/python -m bench.llm_engines --engines vllm,llamacpp,torch      # vLLM too (runtime/llm/vllm_engine.py)
 
 Both are measured through the ``ChatEngine`` interface the server uses (prompt rendering, detokenizer, output
 parser included), greedy, every engine with 4 slots and all of this machine's cores. TTFT = from calling
@@ -26,6 +27,10 @@ def load(name: str, model: str):
     from runtime.llm.torch_engine import EngineOptions
 
     options = EngineOptions(slots=4, capacity=2048)
+    if name == "vllm":             # run from .venv-vllm (`make vllm-venv`), where vLLM and the other two are installed
+        from runtime.llm.embedded import checkpoint_dir
+        from runtime.llm.vllm_engine import VLLMChatEngine
+        return VLLMChatEngine(model, checkpoint_dir(model), options)
     return load_llamacpp_engine(model, options) if name == "llamacpp" else load_torch_engine(model, options)
 
 
