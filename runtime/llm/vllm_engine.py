@@ -73,14 +73,17 @@ def engine_args(path: str | Path, slots: int, capacity: int, extra: str = ""):
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from vllm.platforms import current_platform
+
     config = json.loads((Path(path) / "config.json").read_text())
     defaults = ["--model", str(path), "--dtype", "bfloat16", "--max-model-len", str(capacity),
                 "--max-num-seqs", str(max(slots, 1)), "--enable-prefix-caching",
                 # the interpreter-mode model: no torch.compile (minutes on CPU) or CUDA-graph capture at start
                 "--enforce-eager",
-                "--kv-cache-memory-bytes", str(kv_cache_bytes(config, max(slots, 1), capacity)),
                 # llguidance, for our Lark tool grammars (runtime.llm.tool_constraint)
                 "--structured-outputs-config", json.dumps({"backend": "guidance"})]
+    if current_platform.is_cpu():       # on a GPU vLLM sizes its KV cache from --gpu-memory-utilization
+        defaults += ["--kv-cache-memory-bytes", str(kv_cache_bytes(config, max(slots, 1), capacity))]
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="VOXLINE_VLLM_ARGS"))
     return AsyncEngineArgs.from_cli_args(parser.parse_args(defaults + shlex.split(extra)))
 
@@ -291,7 +294,7 @@ class VLLMChatEngine:
         finally:
             if outputs is not None:
                 await outputs.aclose()
-            if finish is None:
+            if finish is None and self.engine is not None:
                 await self.engine.abort(rid)        # closing vLLM's generator aborts too; this makes it certain
 
     def close(self) -> None:
@@ -299,7 +302,22 @@ class VLLMChatEngine:
         if self._closed:
             return
         self._closed = True
+
+        async def stop_output_handler() -> None:
+            # vLLM's shutdown stops the engine core first and its output handler after, which then logs the dead
+            # core as an error: stop the handler (a task on our loop) first.
+            handler = getattr(self.engine, "output_handler", None)
+            if handler is not None and not handler.done():
+                handler.cancel()
+                await asyncio.gather(handler, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop_output_handler(), self._loop).result(timeout=10)
+        except Exception:
+            log.warning("vLLM's output handler did not stop", exc_info=True)
         self.engine.shutdown()
+        # Our last reference: AsyncLLM.__del__ shuts down again, which fails if it waits for interpreter exit.
+        self.engine = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -206,12 +206,16 @@ def test_http_routes_stream_from_the_same_engine_with_openai_errors(vllm_server,
 def test_engine_flags_pass_through_to_vllm(vllm_engine):
     """VOXLINE_VLLM_ARGS: vLLM's own flags on top of our defaults (parsed only; no second engine is started)."""
     from runtime.llm.embedded import checkpoint_dir
-    from runtime.llm.vllm_engine import engine_args
+    from runtime.llm.vllm_engine import engine_args, kv_cache_bytes
 
     path = checkpoint_dir(SMALL)
     args = engine_args(path, 4, 1024, "--tensor-parallel-size 2 --pipeline-parallel-size 2 --max-num-seqs 3")
     assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.max_num_seqs) == (2, 2, 3)
     assert args.enable_prefix_caching and args.max_model_len == 1024
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu():    # the KV cache the requests need, not 92% of the machine's RAM
+        config = json.loads((path / "config.json").read_text())
+        assert args.kv_cache_memory_bytes == kv_cache_bytes(config, 4, 1024) < 1 << 30
     assert vllm_engine.args.structured_outputs_config.backend == "guidance"
     with pytest.raises(SystemExit):
         engine_args(path, 4, 1024, "--no-such-flag")
