@@ -27,8 +27,9 @@ def vllm_missing_reason() -> str | None:
             raise ImportError("No module named 'vllm'")
     except ImportError as exc:
         if FAILED_LOG.is_file():
-            tail = FAILED_LOG.read_text(errors="replace").strip().splitlines()[-3:]
-            return "vLLM could not be installed into .venv-vllm (`make vllm-venv`): " + " / ".join(tail)
+            lines = FAILED_LOG.read_text(errors="replace").strip().splitlines()
+            why = [ln for ln in lines if ln.startswith("ERROR:")][:2] or lines[-3:]     # pip's own words first
+            return f"vLLM could not be installed into .venv-vllm (`make vllm-venv`, log {FAILED_LOG}): " + " / ".join(why)
         return f"vLLM is not importable in this venv ({exc}); `make test` runs tests/vllm in .venv-vllm"
     return None
 
