@@ -16,7 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from realtime.protocol import Dialect, ProtocolError, Serializer, error_event, parse_client_event
-from realtime.session import CancelResponse, RealtimeSession, Send, Speculate, StartResponse, Transcribe
+from realtime.session import (
+    CancelResponse,
+    DropSpeculation,
+    RealtimeSession,
+    Send,
+    Speculate,
+    SpeculateResponse,
+    StartResponse,
+    Transcribe,
+)
 from tests.fuzz.strategies import any_text, fuzz_settings, hostile_texts, mutations, near
 from tests.realtime.fakes import EnergyVAD, tone
 
@@ -60,7 +69,7 @@ VALID_EVENTS: list[dict] = [
     {"type": "response.create"},
     {"type": "response.cancel", "response_id": "resp_x"},
 ]
-KNOWN_COMMANDS = (Send, Transcribe, Speculate, StartResponse, CancelResponse)
+KNOWN_COMMANDS = (Send, Transcribe, Speculate, SpeculateResponse, DropSpeculation, StartResponse, CancelResponse)
 
 
 def new_session() -> RealtimeSession:
