@@ -21,7 +21,7 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server.models import realtime_chat_engine
 from audio_server.ws_common import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT_S, SocketSession, serve
-from realtime.config import SessionConfig
+from realtime.config import SessionConfig, Speculation
 from realtime.host import EventSink, RealtimeHost, SessionLimits
 from realtime.items import new_id
 from realtime.protocol import Dialect, ProtocolError, json_sink
@@ -73,7 +73,9 @@ def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
     limits = SessionLimits(settings.max_input_buffer_s, settings.max_conversation_bytes, settings.max_append_bytes,
                            settings.max_queued_events)
     host = RealtimeHost(session_id, vad, config, app.state.hub, load_engine, sink, limits=limits,
-                        on_turn_latency=observe, on_backlog=on_backlog, on_speculation=speculated)
+                        on_turn_latency=observe, on_backlog=on_backlog, on_speculation=speculated,
+                        speculation=Speculation(settings.realtime_speculative_ms,
+                                                settings.realtime_speculative_responses))
     live_sessions(app)[host.id] = host
     app.state.realtime_loop = loop  # where sessions run (tests check that none leaves a task behind)
     return host

@@ -102,6 +102,13 @@ class Settings:
     #: events a realtime session may queue for its client (audio is paced; this bounds a client that
     #: floods requests without reading replies); beyond it the client is dropped as a slow consumer
     max_queued_events: int = 2048
+    #: silence inside a realtime turn, in ms, at which the session transcribes the turn so far and (with
+    #: realtime_speculative_responses) starts its answer — LLM and TTS — sending nothing: it goes out the moment
+    #: the turn ends at that pause, and is dropped without a trace if the user goes on (realtime/speculation.py).
+    #: 160–2000; the earlier, the more of the answer is ready at the turn's end (and the more is thrown away)
+    realtime_speculative_ms: int = 160
+    #: start answers speculatively at that pause (off: only the transcription is speculative)
+    realtime_speculative_responses: bool = True
     #: largest HTTP request body (any route); bigger ones get 413 before they are read
     max_request_bytes: int = 32 * 1024 * 1024
     #: longest audio /v1/audio/transcriptions decodes (a small compressed file can hold hours)
@@ -221,6 +228,9 @@ class Settings:
             raise ValueError("max_conversation_bytes must be between 64 KiB and 1 GiB")
         if not 256 <= self.max_queued_events <= 1_000_000:  # above the stream lane's own 64 (realtime/outbox.py)
             raise ValueError("max_queued_events must be between 256 and 1000000")
+        if not 160 <= self.realtime_speculative_ms <= 2000:
+            raise ValueError("realtime_speculative_ms must be between 160 and 2000 (below 160 ms a turn's soft "
+                             "ending is not yet in the audio a speculation reads)")
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

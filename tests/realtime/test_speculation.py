@@ -350,6 +350,46 @@ def test_closing_the_session_closes_a_prepared_speculation():
     assert "response.created" not in run.types()
 
 
+def test_server_settings_set_the_speculation_and_the_counter_counts_it():
+    """What every transport opens (`open_host`): the server's speculation settings, and the Prometheus counter."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from audio_server.routes_realtime import close_host, open_host
+    from audio_server.settings import Settings
+
+    async def scenario():
+        registry = CollectorRegistry()
+        metrics = SimpleNamespace(
+            realtime_speculations=Counter("spec", "", ["outcome"], registry=registry),
+            realtime_turn_latency=Histogram("lat", "", ["trigger"], registry=registry))
+        models = FakeModels(asr_model=CannedASR([PARTIAL, WHOLE]))
+        app = SimpleNamespace(state=SimpleNamespace(settings=Settings(realtime_speculative_ms=200), metrics=metrics,
+                                                    hub=models, chat_engine=FakeEngine(reply=answer)))
+        client = Collector()
+        host = open_host(app, "sess_srv", EnergyVAD(), SessionConfig(), json_sink(client.send, Dialect.GA, "sess_srv"),
+                         lambda _n: None)
+        assert host.session.speculation == Speculation(pause_ms=200, responses=True)
+        await host.start()
+        runner = host.runner
+        await send_pcm(runner, np.concatenate([silence(0.2), tone(0.8), silence(0.35)]))
+        await until(lambda: prepared(runner), "a speculation on the first half")
+        await send_pcm(runner, np.concatenate([tone(0.6), silence(0.3)]))
+        await until(lambda: prepared(runner), "a speculation on the whole turn")
+        await send_pcm(runner, silence(0.5))
+        await client.wait_for("response.done")
+        await close_host(app, host)
+        return {outcome: registry.get_sample_value("spec_total", {"outcome": outcome})
+                for outcome in ("committed", "dropped")}
+
+    assert asyncio.run(scenario()) == {"committed": 1.0, "dropped": 1.0}
+    off = Settings(realtime_speculative_responses=False)
+    assert not off.realtime_speculative_responses
+    with pytest.raises(ValueError):
+        Settings(realtime_speculative_ms=100)
+
+
 # ---- the session's decisions, without a loop ---------------------------------------------------------------
 def append(session: RealtimeSession, pcm: np.ndarray) -> list:
     out = []
