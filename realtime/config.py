@@ -106,6 +106,11 @@ class TurnDetection:
         return out
 
 
+#: the shortest speculative pause: past it the span a turn commits (speech end + realtime.turns.TAIL_MS, 150 ms) is
+#: already in the buffer, so a speculation covers exactly the audio the turn will commit if it ends there
+MIN_SPECULATIVE_MS = 160
+
+
 @dataclass(frozen=True)
 class Speculation:
     """Server setting: what a session starts at a short pause inside a turn, before the turn is confirmed.
@@ -120,8 +125,9 @@ class Speculation:
     responses: bool = True
 
     def __post_init__(self) -> None:
-        if not 160 <= self.pause_ms <= 2000:  # realtime.turns.MIN_SPECULATIVE_MS: below it a turn's tail is unheard
-            raise ConfigError("the speculative pause must be between 160 and 2000 ms", "speculation.pause_ms")
+        if not MIN_SPECULATIVE_MS <= self.pause_ms <= 2000:
+            raise ConfigError(f"the speculative pause must be between {MIN_SPECULATIVE_MS} and 2000 ms",
+                              "speculation.pause_ms")
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,6 @@ from realtime.config import TurnDetection
 log = logging.getLogger(__name__)
 
 SPECULATIVE_MS = 160  # silence after which a transcription (and a response) starts speculatively
-#: the shortest speculative pause a server may set: past it the committed turn's span (speech end + TAIL_MS) is
-#: already in the buffer, so a speculation on it covers exactly the audio the turn will commit
-MIN_SPECULATIVE_MS = 160
 TAIL_MS = 150  # audio kept after the end of speech in a committed turn (soft word endings)
 VAD_FRAME_MS = FRAME * 1000 // INTERNAL_RATE  # 32: one Silero frame, the VAD's time resolution
 
