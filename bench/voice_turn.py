@@ -48,6 +48,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -713,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     log_dir = Path(tempfile.mkdtemp(prefix="voxline-voice-turn-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the server
+    os.environ.setdefault("VOXLINE_METRICS_PUBLIC", "1")  # our own server: read its speculation counter at the end
     server = Server(args.url, None, log_dir)
     print(f"[voice_turn] server {server.base} (pid {server.pid}, log {log_dir}/server.log); loading this "
           "process's models (clips" + ("" if args.no_peer else ", naive cascade") + ")…", flush=True)
@@ -742,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{s}/stream"] = summarize([r for r in got if r.pipeline == "stream"], voices)
             if not args.no_peer:
                 results[f"{s}/cascade"] = summarize([r for r in got if r.pipeline == "cascade"], None)
+        speculations = speculation_counts(server.base)
     finally:
         server.stop()
         if hub is not None:
@@ -751,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in goals(results, args.sessions):
         print("  " + line)
+    if speculations is not None:
+        print(f"  speculative responses (server counter, warm-up turns included): {speculations.get('committed', 0):.0f} "
+              f"committed, {speculations.get('dropped', 0):.0f} dropped")
     wall = time.perf_counter() - t_start
     print(f"\n[voice_turn] {today()}, {machine()}; wall {wall / 60:.1f} min; command: "
           f"python -m bench.voice_turn {' '.join(argv)}")
@@ -760,10 +766,30 @@ def main(argv: list[str] | None = None) -> int:
             "date": today(), "machine": machine(), "args": argv, "sessions": args.sessions,
             "turn_detection": turn_detection or "server default", "asr_model": hub.settings.asr_model,
             "llm": llm_description(None if args.no_peer else hub.llm()), "wall_s": round(wall, 1),
-            "goals": GOALS, "summary": results, "goal_lines": goals(results, args.sessions),
+            "goals": GOALS, "summary": results, "speculations": speculations, "goal_lines": goals(results, args.sessions),
             "turns": [asdict(r) for r in rows]}, indent=1, ensure_ascii=False))
         print(f"[voice_turn] wrote {args.out}")
     return 0
+
+
+def speculation_counts(base: str) -> dict[str, float] | None:
+    """`voxline_realtime_speculations_total` by outcome from the server's /metrics; None where it is not readable
+    (a server started elsewhere that keeps /metrics behind a key)."""
+    import httpx
+
+    try:
+        reply = httpx.get(base + "/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    counts: dict[str, float] = {}
+    for line in reply.text.splitlines():
+        if line.startswith("voxline_realtime_speculations_total{"):
+            labels, value = line.rsplit(" ", 1)
+            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(value)
+    return counts
 
 
 if __name__ == "__main__":
