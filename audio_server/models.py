@@ -90,13 +90,13 @@ class ModelHub:
         from tts.piper_tts import PiperTTS
 
         if self.settings.preset == "step-audio":
-            from audio_server.step_audio2_modes import StepAudio2Speaker
+            from audio_server.step_audio2_modes import OneVoiceSpeaker
 
-            return StepAudio2Speaker(self.step_audio2())
+            return OneVoiceSpeaker(self.step_audio2(), "step-audio")
         if self.settings.preset == "step-audio-tts":
-            from audio_server.step_audio_tts_modes import StepAudioTTSSpeaker
+            from audio_server.step_audio2_modes import OneVoiceSpeaker
 
-            return StepAudioTTSSpeaker(self.step_audio_tts())
+            return OneVoiceSpeaker(self.step_audio_tts(), "step-audio-tts")
         with self._lock:
             if self._tts is None:
                 t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from tts.piper_tts import OPENAI_VOICE_ALIASES, SentenceAudio, SpeechOptions, Un
 
 MODEL_NAME = "step-audio-2"
 VOICE = "default"
+ROUTE_DEFAULT_VOICE = "joe"
 
 
 class StepAudio2Transcriber:
@@ -43,13 +44,15 @@ class StepAudio2Transcriber:
         return 0  # the ASR prompt is the model's own (a text prompt is not used)
 
 
-class StepAudio2Speaker:
-    """TTS with the base-model task prompt of SPEC2 §2, in the stack's one voice; 24 kHz int16 PCM."""
+class OneVoiceSpeaker:
+    """A checkpoint preset's TTS in its stack's one voice (``stack.speak(text)`` yields int16 PCM at
+    ``stack.sample_rate``), in the shape the speech route uses (Piper's). Step-Audio 2 speaks with the base-model
+    task prompt of SPEC2 §2; Step-Audio-TTS-3B with its voice-cloning prompt (SPEC v1 §7)."""
 
     voices = (VOICE,)
 
-    def __init__(self, stack) -> None:
-        self.stack = stack
+    def __init__(self, stack, preset: str) -> None:
+        self.stack, self.preset = stack, preset
 
     @property
     def sample_rate(self) -> int:
@@ -58,9 +61,10 @@ class StepAudio2Speaker:
     def resolve_voice(self, voice: str | dict | None) -> str:
         name = (voice.get("id") if isinstance(voice, dict) else voice) or VOICE
         name = name.strip().lower()
-        if name == VOICE or name in OPENAI_VOICE_ALIASES:
+        # "joe" is the speech route's default voice name (Piper's): a request that names no voice gets this one
+        if name in (VOICE, ROUTE_DEFAULT_VOICE) or name in OPENAI_VOICE_ALIASES:
             return VOICE
-        raise UnknownVoice(f"unknown voice {name!r}; the step-audio preset speaks with one voice, {VOICE!r} "
+        raise UnknownVoice(f"unknown voice {name!r}; the {self.preset} preset speaks with one voice, {VOICE!r} "
                            "(OpenAI voice names are accepted as aliases)")
 
     def synthesize(self, text: str, options: SpeechOptions = SpeechOptions()) -> Iterator[SentenceAudio]:
