@@ -178,3 +178,98 @@ def test_audio_prompt_through_our_encoder_as_prompt_embeds_equals_torch(llm, tor
     without_audio = greedy(llm, [{"prompt_token_ids": prompt.ids[0].tolist()}])[0]
     assert without_audio == greedy_generate(torch_model, plain, STEPS)
     assert without_audio != got
+
+
+# ---- MTP: vLLM's "mtp" speculative method with our mtp.0.* module as the drafter ----------------------------------
+def mtp_tensor(seed: int, hidden_scale: float = 0.2):
+    """Weights under which our MTP module's drafts are right about half the time, and only with the right inputs.
+
+    Random weights would give drafts that are never accepted (1 in 158720), which cannot tell a correct drafter
+    from a broken one. Here the LLM mostly continues token t with perm[t] (lm_head row perm[t] = embedding row t;
+    the layers are small), a final norm with uneven gains bends that often, and the MTP module sees
+    ``eh_proj = [A | I]``: the next token's embedding passes through (so its draft is the permutation's guess) and
+    a random A (scale ``hidden_scale``) mixes in the target's hidden state. The acceptance count then depends on the
+    embedding, on the target's *normed* hidden state (our MTP's input; the pre-norm state gives other drafts) and on
+    the shared head, so vLLM's count equals ours only if the module is wired as ours."""
+    base = random_tensor(seed)
+    gen = torch.Generator().manual_seed(seed)
+    vocab, d = 158720, 64
+    emb = torch.randn(vocab, d, generator=gen).to(torch.bfloat16)
+    perm = torch.randperm(vocab, generator=gen)
+    head = torch.empty_like(emb)
+    head[perm] = emb
+    mix = torch.randn(d, d, generator=gen) * hidden_scale
+    gains = torch.exp(torch.randn(d, generator=gen))
+
+    def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name == "model.embed_tokens.weight":
+            return emb
+        if name == "lm_head.weight":
+            return head
+        if name == "model.norm.weight":
+            return gains
+        if name == "mtp.0.eh_proj.weight":                       # [D, 2D] over [hnorm(h); enorm(e)]
+            return torch.cat([mix, torch.eye(d)], dim=1)
+        return base(name, shape)
+    return tensor
+
+
+@torch.no_grad()
+def torch_mtp_acceptance(model, prompt: list[int], steps: int) -> tuple[list[int], int, int]:
+    """Our torch engine's greedy ids, and the drafts / accepted drafts of one-token MTP speculation over them.
+
+    Greedy speculation is a function of the greedy sequence: after the prompt the drafter proposes from the last
+    prompt position; a step verifies one draft (for the token after next) and advances 2 when it is right, else 1.
+    Drafts come from runtime.model.AudioLM.mtp_offline over the whole sequence (depth 1)."""
+    from runtime.step_audio2.model import greedy_generate
+
+    ids = greedy_generate(model, model.model.embed_tokens(torch.tensor([prompt])), steps + 2)
+    seq = torch.tensor([prompt + ids])
+    drafts = model.mtp_logits(0, model.mtp_offline(model(seq), seq, 1)[0]).argmax(-1)[0]   # predicts seq[j + 2]
+    pos, made, n_drafts, accepted = len(prompt) - 1, 1, 0, 0
+    while made < steps:
+        n_drafts += 1
+        hit = int(drafts[pos]) == int(seq[0, pos + 2])
+        accepted += hit
+        made += 1 + hit
+        pos += 1 + hit
+    return ids[:steps], n_drafts, accepted
+
+
+@pytest.fixture(scope="module")
+def mtp_checkpoint(tmp_path_factory) -> Path:
+    reason = vllm_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return write_checkpoint(tmp_path_factory.mktemp("sa2-vllm-mtp") / "tiny", vllm_tiny_config(n_mtp=1),
+                            mtp_tensor(5))
+
+
+def test_mtp_speculative_decoding_is_token_identical_to_plain_greedy(mtp_checkpoint):
+    """vLLM's ``mtp`` method with our MTP module (num_speculative_tokens=1): the same ids as plain vLLM greedy and
+    as our torch engine, and exactly the drafts and accepted drafts our MTP module gives (some right, some not)."""
+    from runtime.step_audio2.checkpoint import load_step_audio2
+
+    prompts = [speech_prompt_ids(), speech_prompt_ids()[:10] + [AUDIO_OFFSET + 99]]
+    requests = [{"prompt_token_ids": p} for p in prompts]
+    plain_llm = start_llm(mtp_checkpoint)
+    try:
+        plain = greedy(plain_llm, requests)
+    finally:
+        stop_llm(plain_llm)
+    spec_llm = start_llm(mtp_checkpoint, speculative_config={"method": "mtp", "num_speculative_tokens": 1},
+                         disable_log_stats=False)
+    try:
+        spec = greedy(spec_llm, requests)
+        counters = {m.name: m.value for m in spec_llm.get_metrics() if m.name.startswith("vllm:spec_decode")
+                    and hasattr(m, "value")}
+    finally:
+        stop_llm(spec_llm)
+    model = load_step_audio2(mtp_checkpoint, dtype=torch.float32).eval()
+    ours = [torch_mtp_acceptance(model, p, STEPS) for p in prompts]
+    assert spec == plain == [ids for ids, _, _ in ours]
+    assert all(len(ids) == STEPS for ids in spec)
+    n_drafts, accepted = sum(o[1] for o in ours), sum(o[2] for o in ours)
+    assert 0 < accepted < n_drafts                       # the drafter is right sometimes, wrong sometimes
+    assert (counters["vllm:spec_decode_num_drafts"], counters["vllm:spec_decode_num_accepted_tokens"]) == \
+        (n_drafts, accepted)
