@@ -19,9 +19,12 @@ fuse q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj`` (``Qwen2Model.loa
 **MTP.** :class:`StepAudio2MTPModel` is our ``mtp.N.*`` module (runtime.model.MTPModule: ``hnorm``, ``enorm``,
 ``eh_proj`` over ``[hnorm(h); enorm(e)]``, one Qwen2 block, ``norm``; shared embedding and head) built from vLLM
 layers, as the draft model of vLLM's ``mtp`` speculative method. Its input hidden state is the target's output
-after the final norm, as ours is (g^0 in runtime.model). vLLM's proposer feeds a depth's *normed* output back into
-the same module for further drafts, while ours chains depth k's pre-norm state into module k+1: only depth 1
-maps exactly, so use ``num_speculative_tokens=1`` (more still decode correctly, with a different drafter).
+after the final norm, as ours is (g^0 in runtime.model). vLLM's proposer calls the draft without a depth index and
+feeds its *normed* output back into the same module for further drafts, while ours chains depth k's pre-norm state
+into module k+1: only depth 1 maps exactly, so use ``num_speculative_tokens=1`` (tests/vllm checks it token for
+token and draft for draft; more drafts per step are vLLM's reuse of module 0, untested here).
+
+Not done: pipeline parallel (no ``SupportsPP``); tensor parallel comes with vLLM's Qwen2 layers but is untested.
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ class StepAudio2MTPLayer(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor,
                 previous_hidden_states: torch.Tensor) -> torch.Tensor:
-        """e = Emb(t_{i+1}) [N, D], h = the target's normed hidden at i [N, D] -> norm(g) [N, D] (SPEC: ours)."""
+        """e = Emb(t_{i+1}) [N, D], h = the target's normed hidden at i [N, D] -> norm(g) [N, D], runtime.model.AudioLM.mtp_forward's formula."""
         x = self.eh_proj(torch.cat([self.hnorm(previous_hidden_states), self.enorm(inputs_embeds)], dim=-1))
         out, residual = self.block(positions=positions, hidden_states=x, residual=None)
         return self.norm(out + residual)

@@ -9,8 +9,7 @@ config, so a Step-Audio 2 checkpoint directory in the official layout loads with
 * the config's ``model_type`` ``step_audio_2`` (unknown to transformers, which would otherwise ask for the
   release's remote code) is registered with transformers as :class:`StepAudio2HFConfig`: the nested Qwen2
   ``text_config`` becomes a ``Qwen2Config`` that ``get_text_config()`` returns, which is what vLLM sizes the KV
-  cache and the Qwen2 layers from; ``audio_encoder_config`` is kept as the plain dict (the encoder runs in our code).
-
+  cache and the Qwen2 layers from; ``audio_encoder_config`` is kept as the plain dict (the encoder runs in our code);
 * vLLM's ``mtp`` speculative method (``speculative_config={"method": "mtp", "num_speculative_tokens": 1}``) builds
   its draft from the target's own directory and turns the target config into the draft's in
   ``SpeculativeConfig.hf_config_override``, a closed per-architecture list with no hook for out-of-tree models
