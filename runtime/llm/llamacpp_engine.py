@@ -15,7 +15,11 @@ model's end-of-turn tokens (``<|im_end|>``, ``<|endoftext|>``: the ones our toke
 Tools offered or a JSON ``response_format``: the request also carries its grammar
 (:mod:`runtime.llm.tool_constraint`, llguidance's Lark with llama.cpp's own ``%json`` schema compiler) in
 llama.cpp's ``grammar`` field, so the sampler can only produce plain text or a call valid against the tools'
-schemas (or the JSON asked for).
+schemas (or the JSON asked for). Under ``tool_choice: "auto"`` the request also asks for each token's top-k
+probabilities (``n_probs``; measured 3% slower decoding) and a :class:`runtime.llm.tool_constraint.CallGate`
+reads them: a call the model is unsure of (it would rather name a tool that is not offered, or it guesses the
+arguments) is stopped before anything is sent, and the turn is decoded again under the ``text`` grammar (the
+prompt is cached: only the few tokens of the dropped call are lost).
 
 Threads: ``Server.handle_completions`` blocks until its request ends, calling back once per streamed chunk.
 One worker thread per slot takes requests from a queue and makes that call; the callback turns each chunk
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import queue
 import secrets
@@ -41,6 +46,7 @@ from pathlib import Path
 from runtime.chat_api import ChatDelta, ChatRequest
 from runtime.llm.chat_format import ChatFormat
 from runtime.llm.output import OutputParser
+from runtime.llm.tool_constraint import GATE_TOP_K, CallGate, OutputConstraint
 from runtime.llm.queued_engine import QueuedChatEngine, QueuedJob, checked_sampling
 from runtime.llm.prompt import ChatRequestError, PromptTooLong
 from runtime.llm.tokenizer import TextTokenizer
@@ -73,6 +79,12 @@ class _Job(QueuedJob):
     generated: int = 0
     any_call: bool = False
     done: bool = False
+    #: ``tools`` requests: judges the call from the model's top-k probabilities (None: no gate)
+    gate: CallGate | None = None
+    #: the gate refused the call being written
+    refused: bool = False
+    #: text or a call has gone to the client
+    sent: bool = False
 
 
 class LlamaCppChatEngine(QueuedChatEngine):
@@ -116,7 +128,8 @@ class LlamaCppChatEngine(QueuedChatEngine):
         self.constrains_output = xllamacpp.json_schema_to_grammar("{}").startswith("%llguidance")
         if not self.constrains_output:
             log.warning("this xllamacpp build has no llguidance: tool calls and JSON output are not constrained")
-        self.stats = {"requests": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0}
+        self.stats = {"requests": 0, "steps": 0, "tokens": 0, "prefill_tokens": 0, "reused_tokens": 0,
+                      "refused_calls": 0}
         #: the request each worker (one per slot) is serving, None while it waits
         self._jobs: list[_Job | None] = [None] * options.slots
         self._queue: "queue.Queue[_Job | None]" = queue.Queue()
@@ -160,9 +173,14 @@ class LlamaCppChatEngine(QueuedChatEngine):
                 "samplers": ["temperature", "top_p"], "repeat_penalty": 1.0}
         if request.seed is not None:
             body["seed"] = int(request.seed) & 0xFFFFFFFF
+        gate = None
         if parser.constraint is not None:
             body["grammar"] = parser.constraint.lark()
-        return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, loop=asyncio.get_running_loop())
+            if parser.constraint.kind == "tools":
+                body["n_probs"] = GATE_TOP_K            # the model's own probabilities, before the grammar
+                gate = CallGate(tuple(t.name for t in parser.tools))
+        return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, gate=gate,
+                    loop=asyncio.get_running_loop())
 
     # ---- the workers -------------------------------------------------------------------------------
     def _work(self, slot: int) -> None:
@@ -203,6 +221,8 @@ class LlamaCppChatEngine(QueuedChatEngine):
                     self.stats["reused_tokens"] += int(chunk["timings"].get("cache_n", 0))
                     self.stats["prefill_tokens"] += int(chunk["timings"].get("prompt_n", 0))
                 self.stats["steps"] += 1
+                if job.gate is not None and self._refuse(job, chunk):
+                    return True
                 self._chunk(job, chunk)
             except Exception as exc:    # xllamacpp would swallow it and just stop: hand it to the request
                 log.exception("llama.cpp chunk could not be handled")
@@ -218,12 +238,41 @@ class LlamaCppChatEngine(QueuedChatEngine):
                         result["error"])
             job.body = {k: v for k, v in job.body.items() if k != "grammar"}
             result = self.server.handle_completions({**job.body, "prompt": job.prompt}, on_chunk)
+        if job.refused and not job.done and not job.cancelled.is_set():
+            result = self._answer_in_text(job, on_chunk)
         if isinstance(result, dict) and "error" in result and not job.done:
             job.done = True
             job.send(request_error(result["error"]))
         if not job.done and not job.cancelled.is_set():
             # llama.cpp ended the request without a final chunk we recognised: end it ourselves.
             self._chunk(job, {"choices": [{"text": "", "finish_reason": "length"}]})
+
+    def _refuse(self, job: _Job, chunk: dict) -> bool:
+        """Feed the chunk's tokens and their top-k probabilities to the job's gate; True = the call is refused."""
+        choice = (chunk.get("choices") or [{}])[0]
+        for entry in (choice.get("logprobs") or {}).get("content") or ():
+            top = [(t.get("token", ""), math.exp(t["logprob"])) for t in entry.get("top_logprobs", ())]
+            if job.gate.feed(entry.get("token", ""), top) is False:
+                job.refused = True
+                self.stats["refused_calls"] += 1
+                log.info("tool call refused: the model's confidence in it is %.2f (< %.2f); answering in text",
+                         job.gate.prob, job.gate.min_prob)
+                return True
+        return False
+
+    def _answer_in_text(self, job: _Job, on_chunk):
+        """After a refused call: decode the turn again as text (no call). If text already went out, that text is
+        the answer and the request ends there."""
+        if job.sent:
+            self._chunk(job, {"choices": [{"text": "", "finish_reason": "stop"}]})
+            return None
+        old = job.parser
+        job.parser = OutputParser(stop=old.stop, tools=old.tools, parse_tools=old.parse_tools)
+        job.parser.constraint = OutputConstraint("text", old.constraint.schema)
+        job.gate, job.generated = None, 0
+        job.body = {k: v for k, v in job.body.items() if k != "n_probs"}
+        job.body["grammar"] = job.parser.constraint.lark()
+        return self.server.handle_completions({**job.body, "prompt": job.prompt}, on_chunk)
 
     def _chunk(self, job: _Job, chunk: dict) -> None:
         """One streamed llama.cpp chunk (OpenAI ``text_completion`` shape: text, no ids) -> deltas; finish if due.
@@ -246,9 +295,10 @@ class LlamaCppChatEngine(QueuedChatEngine):
             text += end.text
             calls += end.calls
         if text:
+            job.sent = True
             job.send(ChatDelta(text=text))
         for c in calls:
-            job.any_call = True
+            job.any_call = job.sent = True
             job.send(ChatDelta(tool_call=c))
         if finish is not None:
             job.done = True

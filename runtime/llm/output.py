@@ -8,12 +8,20 @@ A *forced* call (``tool_choice`` names a function, or ``"required"``) starts ins
 prefills ``<tool_call>\\n{"name": "...`` into the prompt and the parser completes the JSON body, ending
 the response as soon as the top-level object closes. If what the model wrote is not valid JSON (e.g.
 ``max_tokens`` ran out) the call is still well-formed: a known tool name and ``{}`` as arguments.
+
+With tools offered, a code fence or a JSON object's opening (``{"``) in the text ends what is shown: the rest is
+held back and, at the end, taken as a call if it is one (a bare or fenced call after a sentence) or dropped; a
+``<tool_call>`` block that is no valid call, or is cut off, is dropped too.
+A voice session speaks every character of the text, and a call written out as text must never be spoken; the
+tool grammar (:mod:`runtime.llm.tool_constraint`) already keeps such text from being written, this is the same
+rule for an engine that decodes without it.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,6 +30,11 @@ from runtime.llm.tool_constraint import OutputConstraint
 from runtime.llm.chat_format import TOOL_CLOSE, TOOL_OPEN, json_object_end, new_call_id, parse_tool_call
 
 log = logging.getLogger(__name__)
+
+#: what ends the shown text of a tools-offered reply: a code fence, or a JSON object's opening
+_HIDDEN = re.compile(r"```|\{\s*[\"']")
+#: a tail that may still become one (held back)
+_MAYBE_HIDDEN = re.compile(r"`{1,2}$|\{\s*$")
 
 
 @dataclass
@@ -62,10 +75,17 @@ class OutputParser:
         self.constraint: OutputConstraint | None = None
         #: JSON asked for from an engine that cannot constrain: a markdown fence around it is taken off
         self.unfence = False
+        #: tools offered: the text from a code fence / JSON opening on (never shown; maybe a call, see ``finish``)
+        self.hidden: str | None = None
 
     def feed(self, piece: str) -> Parsed:
-        self.buf += piece
         out = Parsed()
+        if self.hidden is not None:
+            self.hidden += piece
+            if any(s in self.hidden for s in self.stop):
+                out.done = True
+            return out
+        self.buf += piece
         if self.unfence and not self._unfenced():
             return out
         if self.maybe_bare:
@@ -87,15 +107,23 @@ class OutputParser:
             # Plain text: stop strings first (they end everything), then the tool tag.
             cut = min((i for i in (self.buf.find(s) for s in self.stop) if i >= 0), default=-1)
             tag = self.buf.find(TOOL_OPEN) if self.parse_tools else -1
-            if cut >= 0 and (tag < 0 or cut <= tag):
+            m = _HIDDEN.search(self.buf) if self.parse_tools else None
+            hide = m.start() if m else -1
+            if cut >= 0 and (tag < 0 or cut <= tag) and (hide < 0 or cut <= hide):
                 out.text += self.buf[:cut]
                 self.buf, out.done = "", True
+                return out
+            if hide >= 0 and (tag < 0 or hide < tag):
+                out.text += self.buf[:hide]
+                self.buf, self.hidden = "", self.buf[hide:]
                 return out
             if tag >= 0:
                 out.text += self.buf[:tag]
                 self.buf, self.call_body = self.buf[tag + len(TOOL_OPEN):], ""
                 continue
             hold = _holdback(self.buf, self.stop + ((TOOL_OPEN,) if self.parse_tools else ()))
+            if self.parse_tools and (m := _MAYBE_HIDDEN.search(self.buf)):
+                hold = max(hold, len(self.buf) - m.start())
             out.text += self.buf[:len(self.buf) - hold]
             self.buf = self.buf[len(self.buf) - hold:]
             return out
@@ -163,8 +191,8 @@ class OutputParser:
     def _emit(self, body: str, out: Parsed) -> None:
         call = parse_tool_call(body, self.tools) or (self._repair(body) if self.forced else None)
         if call is None:
-            # Not a call after all (the model wrote the tag in prose): show it as text.
-            out.text += TOOL_OPEN + body + TOOL_CLOSE
+            # Not a valid call of an offered tool: not shown either (it would be spoken as a call written out).
+            log.debug("a <tool_call> block that is no valid call was dropped: %.200s", body)
             return
         out.calls.append(call)
         self.n_calls += 1
@@ -206,14 +234,24 @@ class OutputParser:
                 out.calls.append(call)
                 self.n_calls += 1
                 self.buf = rest
+        if self.hidden is not None:
+            self.buf, self.hidden = self.hidden, None
+            state, call, _ = self._bare_check(final=True)
+            if call is not None:
+                out.calls.append(call)
+                self.n_calls += 1
+            else:
+                log.debug("tools offered: %d characters of fenced / JSON-looking text not shown", len(self.buf))
+            self.buf = ""
+            return out
         if self.call_body is not None:
             body = self.call_body + self.buf
             self.call_body, self.buf = None, ""
             end = json_object_end(body)
             if self.forced or end > 0:
                 self._emit(body[:end] if end > 0 else body, out)
-            else:
-                out.text += TOOL_OPEN + body
+            else:       # a call cut off (max_tokens): dropped, never shown as text
+                log.debug("an unfinished <tool_call> block was dropped: %.200s", body)
         else:
             out.text, self.buf = self.buf, ""
         return out

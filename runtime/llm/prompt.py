@@ -6,7 +6,7 @@ import json
 from typing import Callable
 
 from runtime.chat_api import ChatRequest
-from runtime.llm.chat_format import TOOL_OPEN, ChatFormat, has_images
+from runtime.llm.chat_format import TOOL_OPEN, TOOL_RESULT_NOTE, ChatFormat, has_images
 from runtime.llm.output import OutputParser
 from runtime.llm.tool_constraint import constraint_for
 
@@ -64,7 +64,9 @@ def build_prompt(request: ChatRequest, fmt: ChatFormat, tokenizer, model_id: str
 
     ``constrain`` (an engine that decodes under :attr:`OutputParser.constraint`): the parser carries the
     request's :class:`runtime.llm.tool_constraint.OutputConstraint`, and a forced call's prefill is just
-    ``<tool_call>\\n`` — the grammar then writes the whole call, name included."""
+    ``<tool_call>\\n`` — the grammar then writes the whole call, name included.
+
+    Tools shown: the system turn is the template's, plus :data:`runtime.llm.chat_format.TOOL_RESULT_NOTE`."""
     if not request.messages:
         raise ChatRequestError("messages must contain at least one message")
     check_prompt_size(prompt_chars(request), max_prompt_tokens, tokenizer.max_token_bytes)
@@ -84,12 +86,10 @@ def build_prompt(request: ChatRequest, fmt: ChatFormat, tokenizer, model_id: str
     else:
         shown = tools
     constraint = constraint_for(request.messages, tools, choice, request.json_schema) if constrain else None
-    if constraint is not None and constraint.kind == "text":
-        # The turn right after tool results answers from them. The tool list is left out of the system prompt
-        # for it: with the list shown, the 0.5B model copied its call into the answer 4 times out of 4 (around
-        # any grammar); without it, it answered from the result 4 out of 4.
-        shown = ()
-    pieces = fmt.render(request.messages, shown, image_pieces=image_pieces)
+    # The tools stay listed on the turn after their results too, as the model's template has it (see
+    # runtime.llm.chat_format; the `text` grammar keeps that turn from calling again).
+    pieces = fmt.render(request.messages, shown, image_pieces=image_pieces,
+                        tool_note=TOOL_RESULT_NOTE if shown else "")
     if tools and choice not in ("auto", "none"):
         forced = "" if constrain else (f'{{"name": "{tools[0].name}", "arguments": ' if len(tools) == 1
                                        else '{"name": "')
