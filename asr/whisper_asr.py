@@ -11,8 +11,9 @@ Three decode paths:
   It encodes a 20.4 s window instead of 30 s: on this 2-core CPU CTranslate2's int8 encoder takes ~0.2 s
   for 2040 mel frames and ~0.5–0.6 s for 3000 (the cost per frame doubles above 1024 encoder positions,
   where one layer's 8 × N² float32 attention scores outgrow this CPU's 32 MiB L3), and the window still
-  leaves ≥ 5 s of silence after the speech. The text is the 30 s window's for most utterances, with a
-  word or two different either way on some (tests/test_asr_utterance.py prints them; bench/RESULTS.md).
+  leaves ≥ 5 s of silence after the speech; an utterance of ≤ 5 s (a realtime question) gets a 10 s window,
+  half the cost again. The text is the 30 s window's for most utterances, with a word or two different either
+  way on some (tests/test_asr_utterance.py prints them; bench/RESULTS.md).
   Longer utterances, unknown language and repetition loops take the full 30 s path.
 """
 
@@ -35,6 +36,10 @@ WINDOW_FRAMES = 3000  # the 30 s window Whisper was trained on
 
 UTTERANCE_WINDOW_FRAMES = 2040  # the largest window below the encoder's cost jump at 2048 frames
 UTTERANCE_MIN_PADDING_S = 5.0
+#: A short utterance (≤ 5 s: most realtime turns) is encoded in a 10 s window, the speech and ≥ 5 s of silence:
+#: half the encoder cost of 20.4 s on this CPU (0.29 vs 0.56 s for a 2 s question, loaded machine). Longer ones
+#: keep the 20.4 s window: a 10 s utterance in a 15 s window looped where 20.4 s did not (tests/test_asr_utterance).
+SHORT_UTTERANCE_WINDOW_FRAMES = 1000
 #: faster-whisper's defaults: above this ratio the text is a repetition loop; a segment whose no-speech
 #: probability is above NO_SPEECH_THRESHOLD and whose mean log-probability is not above LOG_PROB_THRESHOLD is silence
 COMPRESSION_RATIO_LIMIT = 2.4
@@ -214,7 +219,9 @@ class WhisperASR:
             return self.transcribe(audio, full).text
         # The same features as faster-whisper's window: content frames, then zeros in the mel domain.
         feats = self.model.feature_extractor(audio)[:, :-1]
-        feats = np.pad(feats, ((0, 0), (0, self.utterance_frames - feats.shape[1])))
+        short = seconds + UTTERANCE_MIN_PADDING_S <= SHORT_UTTERANCE_WINDOW_FRAMES / FRAMES_PER_SECOND
+        frames = min(self.utterance_frames, SHORT_UTTERANCE_WINDOW_FRAMES) if short else self.utterance_frames
+        feats = np.pad(feats, ((0, 0), (0, frames - feats.shape[1])))
         feats = np.ascontiguousarray(feats[None], dtype=np.float32)
         tok = self._tokenizer(language)
         max_length = self.model.max_length

@@ -21,7 +21,7 @@ from fastapi import APIRouter, WebSocket
 
 from audio_server.models import realtime_chat_engine
 from audio_server.ws_common import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TIMEOUT_S, SocketSession, serve
-from realtime.config import SessionConfig, Speculation
+from realtime.config import SessionConfig, Speculation, TurnDetection
 from realtime.host import EventSink, RealtimeHost, SessionLimits
 from realtime.items import new_id
 from realtime.protocol import Dialect, ProtocolError, json_sink
@@ -51,6 +51,11 @@ async def speech_models(hub):
     if hub.pipeline != "unified":
         await loop.run_in_executor(hub.executor, hub.tts)
     return vad
+
+
+def new_session_config(settings, model: str) -> SessionConfig:
+    """A new session's configuration on this server, before the client changes any of it (every transport)."""
+    return SessionConfig(model=model, turn_detection=TurnDetection(type=settings.realtime_turn_detection))
 
 
 def open_host(app, session_id: str, vad, config: SessionConfig, sink: EventSink,
@@ -124,8 +129,8 @@ async def _converse(sock: SocketSession) -> None:
                  "slow_consumer")
 
     session_id = new_id("sess")
-    host = open_host(app, session_id, vad, SessionConfig(model=model), json_sink(send, dialect, session_id),
-                     backlog)
+    host = open_host(app, session_id, vad, new_session_config(app.state.settings, model),
+                     json_sink(send, dialect, session_id), backlog)
     log.info("[%s] open %s (%s, model %s)", sock.id, session_id, dialect.value, model)
     try:
         await host.start()

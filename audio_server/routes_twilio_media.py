@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, WebSocket
 
 from audio_server import twilio_protocol as tp
-from audio_server.routes_realtime import close_host, open_host, speech_models, wind_down
+from audio_server.routes_realtime import close_host, new_session_config, open_host, speech_models, wind_down
 from audio_server.ws_common import CLOSE_BUSY, CLOSE_INTERNAL, CLOSE_POLICY, SocketSession, serve
 from audio_server.twilio_tokens import Refusal, stream_tokens, tokens_required
 from realtime.audio import PCMU
@@ -81,7 +81,7 @@ class CallState:
     clears: int = 0
 
 
-def session_config(params: dict, model: str, language: str = "en") -> SessionConfig:
+def session_config(params: dict, base: SessionConfig, language: str = "en") -> SessionConfig:
     """The call's session: μ-law 8 kHz both ways in the call's `language`, plus the stream's `language` /
     `voice` / `instructions` parameters."""
     # A call's language is known (the number called, the bot's configuration): Whisper's own detection, on a
@@ -89,7 +89,7 @@ def session_config(params: dict, model: str, language: str = "en") -> SessionCon
     def transcription(lang: object) -> dict:
         return {"audio": {"input": {"transcription": {"model": "whisper-1", "language": lang}}}}
 
-    config = apply_update(SessionConfig(model=model), {"audio": {"input": {"format": {"type": "audio/pcmu"}},
+    config = apply_update(base, {"audio": {"input": {"format": {"type": "audio/pcmu"}},
                                                                  "output": {"format": {"type": "audio/pcmu"}}}})
     config = apply_update(config, transcription(language))
     for key, update in (("language", transcription(params.get("language"))),
@@ -220,7 +220,7 @@ class TwilioCall:
         def backlog(queued: int) -> None:
             self.sock.end(CLOSE_POLICY, f"Twilio too slow: {queued} events wait unread", "slow_consumer")
 
-        config = session_config(params, "voxline-realtime", settings.phone_language)
+        config = session_config(params, new_session_config(settings, "voxline-realtime"), settings.phone_language)
         self.host = open_host(self.app, new_id("sess"), vad, config, self._out, backlog)
         log.info("[%s] start stream %s call %s → %s (voice %s)", self.sock.id, st.stream_sid, st.call_sid,
                  self.host.id, config.voice)

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from audio_server.auth import key_ok, presented_key
 from audio_server.errors import APIError, error_response
-from audio_server.routes_realtime import dialect_of, speech_models
+from audio_server.routes_realtime import dialect_of, new_session_config, speech_models
 from audio_server.webrtc_candidates import CandidatePolicy, screen_candidates
 from audio_server.webrtc_config import parse_ice_servers
 from audio_server.webrtc_offer import Offer, bad_offer, parse_body
@@ -102,7 +102,7 @@ def _same_owner(a: str | None, b: str | None) -> bool:
 
 def _session_config(offer: Offer, request: Request) -> SessionConfig:
     model = offer.model or request.query_params.get("model") or "voxline-realtime"
-    config = SessionConfig(model=model)
+    config = new_session_config(request.app.state.settings, model)
     if offer.session:
         try:
             config = apply_update(config, offer.session)

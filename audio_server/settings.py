@@ -109,6 +109,10 @@ class Settings:
     realtime_speculative_ms: int = 160
     #: start answers speculatively at that pause (off: only the transcription is speculative)
     realtime_speculative_responses: bool = True
+    #: a new realtime session's turn detection (a client may change it with session.update): semantic_vad (the
+    #: audio — Smart Turn — and the words so far — the chat model — decide when a turn is over, at eagerness
+    #: auto) or server_vad (500 ms of silence). bench/voice_turn.py's pause set measures the difference
+    realtime_turn_detection: str = "semantic_vad"
     #: largest HTTP request body (any route); bigger ones get 413 before they are read
     max_request_bytes: int = 32 * 1024 * 1024
     #: longest audio /v1/audio/transcriptions decodes (a small compressed file can hold hours)
@@ -228,6 +232,8 @@ class Settings:
             raise ValueError("max_conversation_bytes must be between 64 KiB and 1 GiB")
         if not 256 <= self.max_queued_events <= 1_000_000:  # above the stream lane's own 64 (realtime/outbox.py)
             raise ValueError("max_queued_events must be between 256 and 1000000")
+        if self.realtime_turn_detection not in ("semantic_vad", "server_vad"):
+            raise ValueError("realtime_turn_detection must be semantic_vad or server_vad")
         if not 160 <= self.realtime_speculative_ms <= 2000:
             raise ValueError("realtime_speculative_ms must be between 160 and 2000 (below 160 ms a turn's soft "
                              "ending is not yet in the audio a speculation reads)")

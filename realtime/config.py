@@ -36,21 +36,36 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Eagerness:
-    """semantic_vad at one eagerness: end at a short pause when P(complete) ≥ `threshold`, else at `max_silence_ms`."""
+    """semantic_vad at one eagerness. Audio (Smart Turn): end at a short pause when P(complete) ≥ `threshold`,
+    else at `max_silence_ms`. Words (the chat model's P(end) of the turn so far, `runtime.llm.turn_end`), where the
+    engine can judge them: `text_tiers` are (lowest P(end), silence that ends the turn), surest first. Words in
+    the first tier end the turn at Smart Turn's "complete" or after that tier's silence, whichever comes first;
+    in a later tier, after its silence; below every tier (unfinished words) only `max_silence_ms` ends it."""
 
     threshold: float
     max_silence_ms: int
+    text_tiers: tuple[tuple[float, int], ...] = ((0.1, 500), (0.01, 750))
+
+    def text_silence_ms(self, p_end: float) -> tuple[int, bool]:
+        """The silence that ends a turn whose words score `p_end`, and whether Smart Turn may end it sooner."""
+        for i, (lowest, silence_ms) in enumerate(self.text_tiers):
+            if p_end >= lowest:
+                return silence_ms, i == 0
+        return self.max_silence_ms, False
 
 
 #: high ends soonest (a likely-complete turn at the first pause, and any pause past 600 ms); low lets the speaker
 #: think (only a turn the model is sure of ends early, and a pause must reach 2 s). medium (= auto, OpenAI's
 #: default) waits past the 300–700 ms pauses people make inside a question. Thresholds from bench/smart_turn.py:
-#: complete sentences score 0.85–0.99 at the pause, the same audio cut mid-word a median 0.1–0.8.
+#: complete sentences score 0.85–0.99 at the pause, the same audio cut mid-word a median 0.1–0.8. Text tiers
+#: from runtime.llm.turn_end on the packaged Qwen2.5 0.5B: unfinished questions ("Can you tell me", "How many
+#: legs", "What is the opposite") < 0.003, whole questions mostly 0.3–0.99, short complete turns ("Tell me a
+#: joke", "Yes", "Thanks") 0.03–0.08.
 SEMANTIC_EAGERNESS = {
-    "high": Eagerness(threshold=0.5, max_silence_ms=600),
+    "high": Eagerness(threshold=0.5, max_silence_ms=600, text_tiers=((0.05, 300), (0.002, 450))),
     "medium": Eagerness(threshold=0.8, max_silence_ms=1000),
     "auto": Eagerness(threshold=0.8, max_silence_ms=1000),
-    "low": Eagerness(threshold=0.95, max_silence_ms=2000),
+    "low": Eagerness(threshold=0.95, max_silence_ms=2000, text_tiers=((0.3, 800), (0.03, 1200))),
 }
 
 
@@ -89,6 +104,11 @@ class TurnDetection:
         if self.type == "semantic_vad":
             return SEMANTIC_EAGERNESS[self.eagerness].max_silence_ms
         return self.silence_duration_ms
+
+    @property
+    def eagerness_rule(self) -> Eagerness | None:
+        """semantic_vad: how its eagerness decides (None: server_vad)."""
+        return SEMANTIC_EAGERNESS[self.eagerness] if self.type == "semantic_vad" else None
 
     @property
     def completion_threshold(self) -> float | None:

@@ -58,7 +58,8 @@ class RealtimeHost:
                  on_backlog: Callable[[int], None] | None = None, clock: Callable[[], float] = time.perf_counter,
                  speculation: Speculation = Speculation(), on_speculation: Callable[[str], None] | None = None):
         self.session = RealtimeSession(session_id, vad, config, max_buffer_seconds=limits.max_input_buffer_s,
-                                       max_conversation_bytes=limits.max_conversation_bytes, speculation=speculation)
+                                       max_conversation_bytes=limits.max_conversation_bytes, speculation=speculation,
+                                       judge_text=True)  # the runner answers every verdict request
         self.runner = SessionRunner(self.session, models, engine, sink, on_turn_latency=on_turn_latency,
                                     options=options, clock=clock, max_append_bytes=limits.max_append_bytes,
                                     max_queued_events=limits.max_queued_events, on_backlog=on_backlog,

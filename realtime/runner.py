@@ -212,6 +212,8 @@ class SessionRunner:
                 task.add_done_callback(lambda _t, item_id=cmd.item_id: self.transcripts.pop(item_id, None))
             elif isinstance(cmd, Speculate):
                 self.backend.speculate(cmd)
+                if cmd.judge_end is not None:
+                    self.tasks.spawn(self._judge_turn(cmd), f"judge:{cmd.key}")
             elif isinstance(cmd, SpeculateResponse):
                 self._speculate_response(cmd)
             elif isinstance(cmd, DropSpeculation):
@@ -220,6 +222,26 @@ class SessionRunner:
                     self.tasks.spawn(self._discard(task, "the turn went on"), f"drop:{cmd.speculation_id}")
             else:
                 raise TypeError(f"unknown command {cmd!r}")
+
+    # ---- the words' verdict on the turn (semantic_vad) --------------------------------------------------
+    async def _judge_turn(self, cmd: Speculate) -> None:
+        """P(end) of the words up to the pause, from the backend's chat model; every request gets an answer (None:
+        no verdict — no speculative decode of the span, a backend or engine that cannot judge, a failure)."""
+        assert cmd.judge_end is not None
+        p_end: float | None = None
+        judge = getattr(self.backend, "turn_end_probability", None)
+        transcript = self.backend.speculative_transcript(cmd.key) \
+            if judge is not None and isinstance(self.backend, SpeculativeBackend) else None
+        try:
+            if transcript is not None:
+                text = (await asyncio.shield(transcript)).strip()
+                if text:
+                    p_end = await judge(self.session.turn_messages(text))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("[%s] the end-of-turn verdict failed; the audio decides this pause", self.session.id)
+        self.execute(self.session.turn_verdict(cmd.judge_end, p_end))
 
     # ---- speculative responses ------------------------------------------------------------------------
     def _speculate_response(self, cmd: SpeculateResponse) -> None:

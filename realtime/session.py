@@ -95,7 +95,7 @@ from realtime.turns import (
     TurnDetector,
     ms,
 )
-from runtime.chat_api import ChatRequest, ToolCall, ToolSpec
+from runtime.chat_api import ChatMessage, ChatRequest, ToolCall, ToolSpec
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less
@@ -126,6 +126,9 @@ class Speculate:
     model: str
     language: str | None
     prompt: str | None
+    #: semantic_vad: the pause end whose words the chat model should judge (`turn_messages` → P(end) →
+    #: `turn_verdict`; None there if it cannot). None: no verdict wanted.
+    judge_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,11 @@ class ResponseState:
 class RealtimeSession:
     def __init__(self, session_id: str, vad, config: SessionConfig | None = None, *,
                  max_buffer_seconds: float = 600.0, max_conversation_bytes: int = MAX_CONVERSATION_BYTES,
-                 speculation: Speculation = Speculation()):
+                 speculation: Speculation = Speculation(), judge_text: bool = False):
+        """`judge_text`: semantic_vad asks at each pause for the chat model's verdict on the words so far
+        (`Speculate.judge_end`); whoever runs the commands must answer each with `turn_verdict`."""
         self.id = session_id
+        self.judge_text = judge_text
         self.vad = vad
         self.config = config or SessionConfig()
         self.speculation = speculation
@@ -220,7 +226,8 @@ class RealtimeSession:
         td = self.config.turn_detection
         if td is None:
             return None
-        return TurnDetector(self.vad, td, self.buffer.total, speculative_ms=self.speculation.pause_ms)
+        return TurnDetector(self.vad, td, self.buffer.total, speculative_ms=self.speculation.pause_ms,
+                            judge_text=self.judge_text)
 
     # ---- client events -----------------------------------------------------------------------------
     def handle(self, ev: ClientEvent, now: float) -> list[Command]:
@@ -347,7 +354,8 @@ class RealtimeSession:
         key = (turn.start, end)
         model, language, prompt = self._transcription_args()
         out: list[Command] = self._drop_speculation()
-        out.append(Speculate(key, self.buffer.slice(turn.start, end), model, language, prompt))
+        judge = turn.end if self.detector is not None and self.detector.judges_text else None
+        out.append(Speculate(key, self.buffer.slice(turn.start, end), model, language, prompt, judge_end=judge))
         if self._would_answer_now():
             self.speculating = (new_id("spec"), key)
             out.append(SpeculateResponse(*self.speculating))
@@ -592,6 +600,21 @@ class RealtimeSession:
                     content=[Content("input_audio", transcript=transcript, audio_ms=audio_ms)])
         context = [*self.conversation.items, turn]
         return options, context, self._chat(options, context)
+
+    def turn_messages(self, transcript: str) -> tuple[ChatMessage, ...]:
+        """The conversation as the next auto response would show it to the model, ending with `transcript` as the
+        user's words so far (for the end-of-turn verdict). Nothing is added to the conversation."""
+        options = response_options(self.config, None)
+        turn = Item(self.speech_item_id or "item_turn_so_far", "message", role="user",
+                    content=[Content("input_audio", transcript=transcript)])
+        return self.conversation.to_messages(options.instructions, [*self.conversation.items, turn])
+
+    def turn_verdict(self, pause_end: int, p_end: float | None) -> list[Command]:
+        """The chat model's P(end) for the words up to the pause that ended at `pause_end` (None: no verdict). The
+        detector acts on it at the next append."""
+        if self.detector is not None:
+            self.detector.text_verdict(pause_end, p_end)
+        return []
 
     def speculation_matches(self, response_id: str, options: ResponseOptions, chat: ChatRequest) -> bool:
         """A speculation prepared with (`options`, `chat`) is exactly what response `response_id` would run now."""

@@ -19,6 +19,13 @@ is still silent at the same `end`, `SpeechStopped(start, end)` comes now — the
 so a speculative transcription of it is reused. Otherwise the silence rule ends the turn at the eagerness's
 longest wait. A turn model is injected (`turn_model=`, or a `turn_model` attribute of the VAD object) or is the
 installed Smart Turn; without one (package missing) semantic_vad keeps only its silence rule and says so once.
+
+The words have a say too (`judge_text=True`, as every served session has): at each pause the session asks for the
+chat model's P(end) of the turn's words so far (`Speculate.judge_end`; the runner answers with `text_verdict`, from
+`runtime.llm.turn_end`, or None where the engine cannot judge). Smart Turn hears a finished-sounding phrase in
+"Can you tell me … what bees make?"; the words are plainly unfinished. The surer the words are finished, the
+shorter the silence that ends the turn (`Eagerness.text_tiers`); unfinished words wait for the longest silence
+whatever the audio says; only the surest words let Smart Turn end the turn at the pause.
 """
 
 from __future__ import annotations
@@ -148,7 +155,7 @@ class TurnDetector:
     makes a `SpeechPaused`."""
 
     def __init__(self, vad, config: TurnDetection, origin: int, turn_model=None, executor: Executor | None = None,
-                 speculative_ms: int = SPECULATIVE_MS):
+                 speculative_ms: int = SPECULATIVE_MS, judge_text: bool = False):
         self.config = config
         self.speculative_ms = speculative_ms
         self.origin = origin  # sample index where this detector's first frame starts
@@ -167,6 +174,11 @@ class TurnDetector:
         self._history = SampleBuffer(TURN_MODEL_WINDOW + INTERNAL_RATE)
         self._history_end = origin  # sample index just past the newest audio held in _history
         self._decision: tuple[int, Future] | None = None  # (the pause's end, P(complete) being computed)
+        # semantic_vad with the words judged too (`text_verdict`): the session asks for a verdict at each pause
+        self.rule = config.eagerness_rule
+        self.judges_text = judge_text and self.rule is not None
+        self._text: tuple[int, float | None] | None = None  # (the pause's end, P(end) of its words; None: unknown)
+        self._audio_complete: int | None = None  # the pause end Smart Turn called complete, awaiting the words
         if self.threshold is not None and self._model is None:
             self._pool().submit(SmartTurn.shared)  # load the model now, off the loop, not at the first pause
 
@@ -189,12 +201,14 @@ class TurnDetector:
                 self.speech_start = max(self.origin, self._floor, self._sample(e.time))
                 self._speculated_end = None
                 self._decision = None
+                self._text = self._audio_complete = None
                 events.append(SpeechStarted(self.speech_start))
             elif self.speech_start is not None:
                 events.append(SpeechStopped(self.speech_start, self._sample(e.time)))
                 self.speech_start = None
                 self._speculated_end = None
                 self._decision = None
+                self._text = self._audio_complete = None
         seg = self.segmenter
         if self.speech_start is not None and self._speculated_end is not None \
                 and self._speech_end() != self._speculated_end:
@@ -209,7 +223,15 @@ class TurnDetector:
                     self._ask(self.speech_start, end)
         if self._decision is not None and self._decision[1].done():
             events += self._decided()
+        if self.judges_text and self.speech_start is not None:
+            events += self._judged()
         return events
+
+    def text_verdict(self, end: int, p_end: float | None) -> None:
+        """The chat model's P(end) for the words of the turn up to the pause that ended at `end` (None: it could
+        not judge them). Acted on at the next `push`, if the speaker is still silent after that pause."""
+        if self.judges_text and self.speech_start is not None and end == self._speculated_end:
+            self._text = (end, p_end)
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait until the decision in flight (if any) has its answer; the next `push` acts on it. For tests and
@@ -250,9 +272,34 @@ class TurnDetector:
                 log.warning("semantic_vad has no turn model (%s): turns end on silence alone", exc)
             return []
         # Only while the speaker is still silent after the same word: speech since the pause moves the end on.
-        if self.speech_start is None or p < self.threshold or self._speech_end() != end \
-                or self.segmenter.silence_frames == 0:
+        if self.speech_start is None or p < self.threshold or not self._silent_since(end):
             return []
+        if self.judges_text:
+            self._audio_complete = end  # the words have their say too (`_judged`)
+            return []
+        return self._stop(end)
+
+    def _judged(self) -> list[TurnEvent]:
+        """semantic_vad with the words judged: the surer the words are finished, the shorter the silence that ends
+        the turn (`Eagerness.text_tiers`); only the surest let Smart Turn's "complete" end it at once. Words the
+        engine could not judge leave the decision to the audio alone."""
+        assert self.rule is not None
+        if self._text is None or not self._silent_since(self._text[0]):
+            return []
+        end, p_end = self._text
+        if p_end is None:
+            return self._stop(end) if self._audio_complete == end else []
+        silence_ms, audio_may_end = self.rule.text_silence_ms(p_end)
+        if (audio_may_end and self._audio_complete == end) or \
+                self.segmenter.silence_frames * FRAME * 1000 / INTERNAL_RATE >= silence_ms:
+            return self._stop(end)
+        return []
+
+    def _silent_since(self, end: int) -> bool:
+        return self._speech_end() == end and self.segmenter.silence_frames > 0
+
+    def _stop(self, end: int) -> list[TurnEvent]:
+        assert self.speech_start is not None
         stopped = SpeechStopped(self.speech_start, end)
         self._end_turn_early(end)
         return [stopped]
@@ -265,6 +312,7 @@ class TurnDetector:
         self.segmenter = fresh
         self.speech_start = None
         self._speculated_end = None
+        self._text = self._audio_complete = None
         self._floor = end + TAIL_MS * INTERNAL_RATE // 1000
 
     def keep_from(self) -> int:

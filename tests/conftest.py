@@ -22,7 +22,10 @@ def hub():
     from audio_server.models import ModelHub
     from audio_server.settings import Settings
 
-    settings = Settings(max_upload_bytes=3 * 1024 * 1024, max_ws_message_bytes=256 * 1024)
+    # server_vad: the tests time their silences to its 500 ms rule (the served default, semantic_vad, has its own
+    # tests in tests/realtime/test_turn_default.py)
+    settings = Settings(max_upload_bytes=3 * 1024 * 1024, max_ws_message_bytes=256 * 1024,
+                        realtime_turn_detection="server_vad")
     hub = ModelHub(settings)
     yield hub
     hub.close()

@@ -14,17 +14,18 @@ import soundfile
 
 from audio_server.routes_twilio_media import session_config
 from bench.phone_asr import foreign_script
+from realtime.config import SessionConfig
 from tests.voices import speak
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_call_is_transcribed_in_its_configured_language():
-    assert session_config({}, "m").transcription.language == "en"
-    assert session_config({}, "m", language="de").transcription.language == "de"
-    assert session_config({"language": "fr"}, "m", language="de").transcription.language == "fr"
+    assert session_config({}, SessionConfig(model="m")).transcription.language == "en"
+    assert session_config({}, SessionConfig(model="m"), language="de").transcription.language == "de"
+    assert session_config({"language": "fr"}, SessionConfig(model="m"), language="de").transcription.language == "fr"
     # a bad parameter is ignored (logged), never the call's end: the configured language stays
-    assert session_config({"language": "not a language"}, "m").transcription.language == "en"
+    assert session_config({"language": "not a language"}, SessionConfig(model="m")).transcription.language == "en"
 
 
 def test_http_transcription_without_language_uses_the_configured_one(hub):

@@ -21,7 +21,8 @@ from realtime.backends.base import Finished, ResponseRequest, ResponseStream
 from realtime.hub import CascadeModels
 from realtime.pipeline import CascadeResponse, PipelineOptions
 from realtime.session import RealtimeSession, Speculate, Transcribe
-from runtime.chat_api import ChatEngine
+from runtime.chat_api import ChatEngine, ChatMessage
+from runtime.llm.turn_end import end_of_turn_probability
 
 log = logging.getLogger(__name__)
 MAX_SPECULATIVE = 2  # speculative decodes kept for reuse (older ones are forgotten)
@@ -89,6 +90,14 @@ class CascadeBackend:
 
     def speculative_transcript(self, key: tuple[int, int]) -> asyncio.Future[str] | None:
         return self.speculative.get(key)
+
+    async def turn_end_probability(self, messages: tuple[ChatMessage, ...]) -> float | None:
+        """The chat model's P(the user's turn is over) after `messages` (`runtime.llm.turn_end`); None where the
+        engine cannot judge (or is not loaded yet)."""
+        if self._engine_future is not None and not self._engine_future.done():
+            return None  # the first turns of a session opened during the load: the audio decides
+        engine = await self.engine()
+        return await end_of_turn_probability(engine, messages) if engine is not None else None
 
     def transcribe(self, cmd: Transcribe, session: RealtimeSession) -> asyncio.Future[str]:
         fut = self.speculative.pop(cmd.key, None) if cmd.key is not None else None

@@ -59,7 +59,9 @@ class FakeHub(FakeModels):
 
 
 def make_app(engine: FakeEngine):
-    app = create_app(Settings(), FakeHub())
+    # server_vad: the script's silences are timed to its 500 ms rule (the energy VAD's tones mean nothing to
+    # semantic_vad's turn model); what is compared here is the transports, not the turn detection
+    app = create_app(Settings(realtime_turn_detection="server_vad"), FakeHub())
     app.state.chat_engine = engine
     return app
 
