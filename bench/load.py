@@ -15,8 +15,9 @@ Recorded per run (and per session):
   a `response.created` without `response.done` (checked after a grace period at the end);
 - duplicated events: a repeated `event_id`, or two `response.done` / transcripts for one id;
 - real time: input — how late each 20 ms frame went out against its schedule (a server that stops reading
-  backs the socket up) and the VAD lag (`speech_stopped` arrival − when that audio was sent − the silence
-  the VAD waits for); output — stalls of a simulated player fed the audio deltas as they arrive. A session
+  backs the socket up) and the VAD lag (`speech_stopped` arrival − when that audio was sent − the longest silence
+  the session's turn detection waits for: 500 ms for server_vad, the eagerness's longest wait for semantic_vad,
+  read from `session.created`); output — stalls of a simulated player fed the audio deltas as they arrive. A session
   is real-time when input lag p99 < 0.2 s, VAD lag p95 < 0.5 s and stalls < 5 % of the audio it played;
 - server RSS every few seconds (/proc/<pid>/status) and its growth after the warm-up.
 
@@ -50,7 +51,7 @@ from bench.common import ROOT, machine, pct, read, today, transcripts
 RATE = 24000
 FRAME_S = 0.02
 FRAME = int(RATE * FRAME_S)
-SILENCE_MS = 500  # server_vad default; part of the VAD lag
+SILENCE_MS = 500  # server_vad default; part of the VAD lag until session.created names the session's own
 INSTRUCTIONS = "You are a voice assistant. Reply with one short sentence."
 MAX_TOKENS = 40
 TURN_TIMEOUT_S = 60.0  # a turn whose answer has not ended by then is counted as stuck and abandoned
@@ -149,6 +150,17 @@ class SessionStats:
         return out
 
 
+def longest_turn_silence_s(session: dict) -> float:
+    """The longest silence the session's turn detection waits before it ends a turn (a `session` object of the GA
+    or the beta protocol): a `speech_stopped` that long after the speech is on time."""
+    from realtime.config import SEMANTIC_EAGERNESS
+
+    td = ((session.get("audio") or {}).get("input") or {}).get("turn_detection") or session.get("turn_detection") or {}
+    if td.get("type") == "semantic_vad":
+        return SEMANTIC_EAGERNESS[td.get("eagerness") or "auto"].max_silence_ms / 1000
+    return (td.get("silence_duration_ms") or SILENCE_MS) / 1000
+
+
 def _p(values: list[float], q: float) -> float | None:
     return round(pct(values, q), 3) if values else None
 
@@ -240,6 +252,8 @@ class VoiceSession:
             self.stats.input_lags.append(max(0.0, now - due))
             self.sent_at.append(time.perf_counter())
 
+    silence_s = SILENCE_MS / 1000
+
     async def _read(self) -> None:
         try:
             async for message in self.ws:
@@ -256,12 +270,14 @@ class VoiceSession:
         self.event_ids.add(eid)
         if kind == "error":
             s.error(str((ev.get("error") or {}).get("code")))
+        elif kind in ("session.created", "session.updated"):
+            self.silence_s = longest_turn_silence_s((ev.get("session") or {}))
         elif kind == "input_audio_buffer.speech_stopped":
             if self.turn is not None and self.turn.stopped is None and now >= self.turn.speech_end:
                 self.turn.stopped = now
             frame = int(ev["audio_end_ms"] / 1000 / FRAME_S)
             if frame < len(self.sent_at):
-                s.vad_lags.append(max(0.0, now - self.sent_at[frame] - SILENCE_MS / 1000))
+                s.vad_lags.append(max(0.0, now - self.sent_at[frame] - self.silence_s))
         elif kind == "input_audio_buffer.committed":
             self.committed.add(ev["item_id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
