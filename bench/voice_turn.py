@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, pct, today
+from bench.load import longest_turn_silence_s
 
 RATE = 24000
 FRAME_S = 0.02
@@ -325,6 +326,7 @@ class VoiceSession:
         #: server's turn detection waits for at most: how far its input processing runs behind real time
         self.vad_lags: list[float] = []
         self.turn_detection: dict | None = None
+        self.silence_s = 0.5  # the longest silence its turn detection waits (from session.updated)
 
     async def open(self) -> None:
         import websockets
@@ -383,9 +385,10 @@ class VoiceSession:
         kind, turn = ev.get("type"), self.turn
         if kind == "session.updated":
             self.turn_detection = ((ev["session"].get("audio") or {}).get("input") or {}).get("turn_detection")
+            self.silence_s = longest_turn_silence_s(ev["session"])
             self.updated.set()
         elif kind == "input_audio_buffer.speech_stopped" and "audio_end_ms" in ev and turn is not None:
-            self.vad_lags.append(now - (self.t0 + ev["audio_end_ms"] / 1000) - self.max_silence_s())
+            self.vad_lags.append(now - (self.t0 + ev["audio_end_ms"] / 1000) - self.silence_s)
         elif kind == "error":
             self.errors.append(str((ev.get("error") or {}).get("message")))
         if turn is None:
@@ -417,14 +420,6 @@ class VoiceSession:
                     r.player_end = now
                 r.player_end += seconds
                 r.audio_s += seconds
-
-    def max_silence_s(self) -> float:
-        from realtime.config import SEMANTIC_EAGERNESS
-
-        td = self.turn_detection or {}
-        if td.get("type") == "semantic_vad":
-            return SEMANTIC_EAGERNESS[td.get("eagerness", "auto")].max_silence_ms / 1000
-        return td.get("silence_duration_ms", 500) / 1000
 
     async def run_turn(self, clip: Clip, set_name: str) -> TurnResult:
         loop = asyncio.get_running_loop()

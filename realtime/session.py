@@ -595,19 +595,21 @@ class RealtimeSession:
         request. Nothing is added to the conversation. None once the speculation is dropped."""
         if self.speculating is None or self.speculating[0] != speculation_id:
             return None
-        options = response_options(self.config, None)
-        turn = Item(self.speech_item_id or speculation_id, "message", role="user",
-                    content=[Content("input_audio", transcript=transcript, audio_ms=audio_ms)])
-        context = [*self.conversation.items, turn]
+        options, context = self._context_with_turn(transcript, audio_ms, speculation_id)
         return options, context, self._chat(options, context)
+
+    def _context_with_turn(self, transcript: str, audio_ms: float,
+                           fallback_id: str) -> tuple[ResponseOptions, list[Item]]:
+        """The next auto response's options and context if the turn being spoken ended now with `transcript`."""
+        turn = Item(self.speech_item_id or fallback_id, "message", role="user",
+                    content=[Content("input_audio", transcript=transcript, audio_ms=audio_ms)])
+        return response_options(self.config, None), [*self.conversation.items, turn]
 
     def turn_messages(self, transcript: str) -> tuple[ChatMessage, ...]:
         """The conversation as the next auto response would show it to the model, ending with `transcript` as the
         user's words so far (for the end-of-turn verdict). Nothing is added to the conversation."""
-        options = response_options(self.config, None)
-        turn = Item(self.speech_item_id or "item_turn_so_far", "message", role="user",
-                    content=[Content("input_audio", transcript=transcript)])
-        return self.conversation.to_messages(options.instructions, [*self.conversation.items, turn])
+        options, context = self._context_with_turn(transcript, 0.0, "item_turn_so_far")
+        return self.conversation.to_messages(options.instructions, context)
 
     def turn_verdict(self, pause_end: int, p_end: float | None) -> list[Command]:
         """The chat model's P(end) for the words up to the pause that ended at `pause_end` (None: no verdict). The

@@ -182,6 +182,20 @@ class LlamaCppChatEngine(QueuedChatEngine):
         return _Job(prompt=ids, body=body, max_tokens=max_tokens, parser=parser, gate=gate,
                     loop=asyncio.get_running_loop())
 
+    def next_token_candidates(self, ids: list[int], k: int) -> list[tuple[str, int, float]]:
+        """The `k` most likely tokens after `ids`, as (text, id, log-prob): one llama.cpp step, no sampling.
+        Blocking (call it off the event loop); the prompt is cached like any request's."""
+        chunks: list[dict] = []
+        body = {"prompt": ids, "n_predict": 1, "n_probs": k, "stream": False, "cache_prompt": True,
+                "temperature": 0.0, "post_sampling_probs": False}
+        result = self.server.handle_completions(body, lambda chunk: chunks.append(chunk) and False)
+        if isinstance(result, dict) and "error" in result:
+            raise request_error(result["error"])
+        content = chunks[-1]["choices"][0]["logprobs"]["content"] if chunks else []
+        if not content:
+            return []
+        return [(c["token"], int(c["id"]), float(c["logprob"])) for c in content[0]["top_logprobs"]]
+
     # ---- the workers -------------------------------------------------------------------------------
     def _work(self, slot: int) -> None:
         while True:

@@ -51,25 +51,16 @@ async def end_of_turn_probability(engine, messages: Sequence[ChatMessage]) -> fl
     turn = open_turn(messages)
     if not turn[-1].content:
         return None
-    pieces = engine.format.render(turn, add_generation_prompt=False)
-    if pieces[-2:] != [engine.format.im_end, "\n"]:
-        raise AssertionError(f"{engine.format.name}: a rendered turn does not end with its end-of-turn token")
+    return await asyncio.to_thread(_judge, engine, turn)  # rendering and tokenizing a long conversation too
+
+
+def _judge(engine, turn: list[ChatMessage]) -> float | None:
+    fmt = engine.format
+    pieces = fmt.render(turn, add_generation_prompt=False)
+    if pieces[-2:] != [fmt.im_end, "\n"]:
+        raise AssertionError(f"{fmt.name}: a rendered turn does not end with its end-of-turn token")
     ids = engine.tokenizer.encode_pieces(pieces[:-2])
     if len(ids) > engine.max_prompt_tokens:
         return None
-    candidates = await asyncio.to_thread(_next_tokens, engine, ids)
-    return min(1.0, end_mass(candidates, (engine.format.im_end, *engine.tokenizer.stop_ids)))
-
-
-def _next_tokens(engine, ids: list[int]) -> list[tuple[str, int, float]]:
-    """The TOP_K most likely next tokens after `ids` as (text, id, log-prob): one llama.cpp step."""
-    chunks: list[dict] = []
-    body = {"prompt": ids, "n_predict": 1, "n_probs": TOP_K, "stream": False, "cache_prompt": True,
-            "temperature": 0.0, "post_sampling_probs": False}
-    result = engine.server.handle_completions(body, lambda chunk: chunks.append(chunk) and False)
-    if isinstance(result, dict) and "error" in result:
-        raise RuntimeError(f"llama.cpp: {result['error']}")
-    content = chunks[-1]["choices"][0]["logprobs"]["content"] if chunks else []
-    if not content:
-        return []
-    return [(c["token"], int(c["id"]), float(c["logprob"])) for c in content[0]["top_logprobs"]]
+    candidates = engine.next_token_candidates(ids, TOP_K)
+    return min(1.0, end_mass(candidates, (fmt.im_end, *engine.tokenizer.stop_ids)))
